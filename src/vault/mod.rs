@@ -1,0 +1,1 @@
+//! Vault client (see vault/client.rs).
