@@ -1,6 +1,24 @@
-//! pivault: enroll YubiKey PIV tokens against Vault / OpenBao PKI.
+//! pivault: enroll YubiKey PIV tokens against HashiCorp Vault / OpenBao PKI.
+//!
+//! Keys are generated on the token, the PKCS#10 request is signed on the token, Vault's
+//! PKI signs it through an AppRole login, and the certificate is verified (key, chain,
+//! usage) before it is written back to the slot. The library reads no environment
+//! variables and prompts for nothing; the `pivault` binary does that.
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
+pub mod crypto;
+pub mod config;
+pub mod csr;
+pub mod enroll;
+pub mod error;
+pub mod issuer;
+pub mod piv;
+pub mod profile;
+pub mod report;
 pub mod secret;
+pub mod status;
 pub mod vault;
+pub mod verify;
+
+pub use error::Error;

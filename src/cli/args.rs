@@ -1,0 +1,154 @@
+//! Command-line arguments. Secrets have no value flags: only `--*-file` paths (or `-` for
+//! standard input), environment variables, or a prompt.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  failed (a slot or token failed, a certificate was refused)
+  2  usage or configuration error; nothing was changed
+  3  needs a person: no token or several, PIN/PUK blocked, last PIN try, occupied slot
+  4  Vault unavailable (down, sealed, standby); the token was not changed, retry later
+ 10  renew --check: a certificate is due
+
+Secrets are read from environment variables, from files readable only by their owner,
+or from a prompt; never from the command line:
+  PIVAULT_PIN[_FILE]  PIVAULT_PUK[_FILE]  PIVAULT_MGMT_KEY[_FILE]  PIVAULT_SECRET_ID[_FILE]";
+
+#[derive(Debug, Parser)]
+#[command(name = "pivault", version, about = "Enroll YubiKey PIV tokens against Vault / OpenBao PKI", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Config file (default: $PIVAULT_CONFIG, else /etc/pivault/config.toml if present)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output (versioned JSON schema) on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); secrets are never logged
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the tokens present (serial, firmware, reader)
+    List,
+    /// Show what a token holds: PIN/PUK tries, management key, slots and certificates
+    Status(TokenArgs),
+    /// Generate keys on the token, have Vault certify them, import the certificates
+    Enroll(Box<EnrollArgs>),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct TokenArgs {
+    /// Token serial number
+    #[arg(long)]
+    pub serial: Option<u32>,
+    /// PC/SC reader name
+    #[arg(long)]
+    pub reader: Option<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct VaultArgs {
+    /// Vault/OpenBao address (repeat for an HA cluster) [env: VAULT_ADDR]
+    #[arg(long = "vault-addr", value_name = "URL")]
+    pub addrs: Vec<String>,
+    /// Vault Enterprise / OpenBao namespace [env: VAULT_NAMESPACE]
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// CA bundle (PEM) for a Vault with a private CA [env: VAULT_CACERT]
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// DEVELOPMENT ONLY: do not verify Vault's TLS certificate
+    #[arg(long)]
+    pub tls_skip_verify: bool,
+    /// PKI mount [env: PIVAULT_PKI_MOUNT] [default: pki]
+    #[arg(long)]
+    pub pki_mount: Option<String>,
+    /// KV v2 mount [env: PIVAULT_KV_MOUNT] [default: yubikeys]
+    #[arg(long)]
+    pub kv_mount: Option<String>,
+    /// AppRole auth mount [env: PIVAULT_APPROLE_MOUNT] [default: approle]
+    #[arg(long)]
+    pub approle_mount: Option<String>,
+    /// AppRole role_id [env: PIVAULT_ROLE_ID]
+    #[arg(long)]
+    pub role_id: Option<String>,
+    /// File holding the AppRole secret_id, owner-only (`-` = stdin) [env: PIVAULT_SECRET_ID(_FILE)]
+    #[arg(long, value_name = "FILE")]
+    pub secret_id_file: Option<PathBuf>,
+    /// Issued certificates must chain to this CA (PEM) [env: PIVAULT_TRUST_ANCHOR]
+    #[arg(long, value_name = "FILE")]
+    pub trust_anchor: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct UnlockArgs {
+    /// File holding the PIN, owner-only (`-` = stdin) [env: PIVAULT_PIN(_FILE)]
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// File holding the management key in hex, owner-only [env: PIVAULT_MGMT_KEY(_FILE)]
+    #[arg(long, value_name = "FILE")]
+    pub mgmt_key_file: Option<PathBuf>,
+    /// Management key algorithm when the token cannot tell (3des, aes128, aes192, aes256)
+    #[arg(long, value_name = "ALG")]
+    pub mgmt_key_algorithm: Option<String>,
+    /// Use the factory-default management key (a token still on it is unprotected)
+    #[arg(long)]
+    pub default_mgmt_key: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    #[command(flatten)]
+    pub unlock: UnlockArgs,
+    /// Slot to enroll, repeatable: 9a, 9c, 9d, 9e, 82-95 or ykman's names, optionally
+    /// with settings: 9c:algorithm=rsa2048,role=code-signing,pin-policy=always,touch-policy=never,cn=...,ttl=90d
+    #[arg(long = "slot", value_name = "SLOT[:k=v,...]")]
+    pub slots: Vec<String>,
+    /// Profile file (TOML) with the slots and subject templates
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// Key algorithm for slots that set none: p256 (default), p384, rsa2048, rsa3072, rsa4096, ed25519
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// PKI role for slots that set none (default per slot: 9a auth, 9c/9d email-signing, 9e/retired piv)
+    #[arg(long)]
+    pub role: Option<String>,
+    /// PIN policy: default, never, once, always
+    #[arg(long)]
+    pub pin_policy: Option<String>,
+    /// Touch policy: default, never, always, cached
+    #[arg(long)]
+    pub touch_policy: Option<String>,
+    /// Certificate lifetime to request, e.g. 8760h (the role's default when absent)
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Subject common name (templates: {serial} and --var names)
+    #[arg(long)]
+    pub cn: Option<String>,
+    /// E-mail address (subjectAltName)
+    #[arg(long)]
+    pub email: Option<String>,
+    /// User principal name for smart-card logon (sent as Vault other_sans)
+    #[arg(long)]
+    pub upn: Option<String>,
+    /// Template variable, repeatable: --var name=Jane
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Replace keys and certificates already in the slots
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation on a terminal
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}

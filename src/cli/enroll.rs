@@ -1,0 +1,303 @@
+//! `pivault enroll`.
+
+use super::args::{Cli, EnrollArgs};
+use super::secrets::{self, Source};
+use pivault::enroll::{self, Context, MgmKeySource, Observer, Plan, Step};
+use pivault::error::exit;
+use pivault::issuer::VaultIssuer;
+use pivault::piv::yubikey::YubiKeyToken;
+use pivault::piv::{MgmAlgorithm, PivToken, Slot};
+use pivault::profile::{self, Defaults, Profile, SlotSpec};
+use pivault::secret::{MgmKeyHex, Pin};
+use pivault::Error;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+/// Progress on stderr while slow steps (RSA key generation) run.
+struct Progress {
+    on: bool,
+}
+
+impl Observer for Progress {
+    fn step(&mut self, slot: Slot, step: Step) {
+        if !self.on {
+            return;
+        }
+        let what = match step {
+            Step::Generating(a) if a.is_rsa() => {
+                format!("generating a {a} key on the token (this takes a few seconds)…")
+            }
+            Step::Generating(a) => format!("generating a {a} key on the token…"),
+            Step::SigningCsr => "signing the certificate request on the token…".into(),
+            Step::Requesting(r) => format!("asking Vault ({r}) for the certificate…"),
+            Step::Importing => "verifying and importing the certificate…".into(),
+        };
+        eprintln!("  slot {slot}: {what}");
+    }
+}
+
+fn ask(label: &str, default: Option<&str>) -> Result<String, Error> {
+    match default {
+        Some(d) => eprint!("{label} [{d}]: "),
+        None => eprint!("{label}: "),
+    }
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Error::Usage(format!("reading an answer: {e}")))?;
+    let line = line.trim().to_string();
+    Ok(if line.is_empty() {
+        default.unwrap_or("").to_string()
+    } else {
+        line
+    })
+}
+
+/// Slot specs and defaults from the profile file and the flags (flags win).
+fn specs_and_defaults(a: &EnrollArgs) -> Result<(Vec<SlotSpec>, Defaults), Error> {
+    let prof = match &a.profile {
+        Some(p) => Profile::from_toml(&std::fs::read_to_string(p).map_err(|e| {
+            Error::Config(format!("cannot read profile {}: {e}", p.display()))
+        })?)?,
+        None => Profile::default(),
+    };
+    let mut specs = prof.slots.clone();
+    if !a.slots.is_empty() {
+        specs = a
+            .slots
+            .iter()
+            .map(|s| profile::parse_slot_flag(s))
+            .collect::<Result<_, _>>()?;
+    }
+    let defaults = Defaults {
+        algorithm: a.algorithm.clone().or(prof.algorithm),
+        role: a.role.clone(),
+        pin_policy: a.pin_policy.clone(),
+        touch_policy: a.touch_policy.clone(),
+        ttl: a.ttl.clone().or(prof.ttl),
+        common_name: a.cn.clone().or(prof.common_name),
+        email: a.email.clone().or(prof.email),
+        upn: a.upn.clone().or(prof.upn),
+    };
+    Ok((specs, defaults))
+}
+
+fn vars_of(a: &EnrollArgs) -> Result<BTreeMap<String, String>, Error> {
+    a.vars
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| Error::Usage(format!("--var {kv}: expected NAME=VALUE")))
+        })
+        .collect()
+}
+
+/// At a terminal with no slots given: ask for them, showing defaults.
+fn ask_plan(defaults: &mut Defaults) -> Result<Vec<SlotSpec>, Error> {
+    let slots = ask("Slots to enroll (comma-separated)", Some("9a"))?;
+    let mut specs = Vec::new();
+    for s in slots.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let slot: Slot = s.parse().map_err(Error::Usage)?;
+        let role = ask(
+            &format!("  role for slot {slot}"),
+            Some(slot.default_role().name()),
+        )?;
+        let alg = ask(
+            &format!("  algorithm for slot {slot}"),
+            Some(defaults.algorithm.as_deref().unwrap_or("p256")),
+        )?;
+        specs.push(SlotSpec {
+            slot: s.to_string(),
+            role: Some(role),
+            algorithm: Some(alg),
+            ..Default::default()
+        });
+    }
+    if defaults.common_name.is_none() {
+        let cn = ask("Subject common name", None)?;
+        defaults.common_name = Some(cn);
+    }
+    if defaults.email.is_none() {
+        let e = ask("E-mail address (empty for none)", Some(""))?;
+        defaults.email = Some(e).filter(|e| !e.is_empty());
+    }
+    if defaults.upn.is_none() {
+        let u = ask("User principal name (empty for none)", Some(""))?;
+        defaults.upn = Some(u).filter(|u| !u.is_empty());
+    }
+    Ok(specs)
+}
+
+fn describe_plan(plan: &Plan, token: &dyn PivToken) -> String {
+    let i = token.info();
+    let mut s = format!(
+        "Plan for token {} (firmware {}, reader '{}'){}:\n",
+        i.serial,
+        i.version,
+        i.reader,
+        if plan.force {
+            " — REPLACING what the slots hold"
+        } else {
+            ""
+        }
+    );
+    for sp in &plan.slots {
+        s.push_str(&format!(
+            "  slot {} ({}): new {} key, PIN policy {}, touch policy {}, role {}, CN={}{}{}\n",
+            sp.slot,
+            sp.slot.name(),
+            sp.algorithm,
+            sp.pin_policy,
+            sp.touch_policy,
+            sp.role,
+            sp.subject.common_name,
+            sp.subject
+                .email
+                .as_ref()
+                .map(|e| format!(", e-mail {e}"))
+                .unwrap_or_default(),
+            sp.subject
+                .upn
+                .as_ref()
+                .map(|u| format!(", UPN {u}"))
+                .unwrap_or_default(),
+        ));
+    }
+    s
+}
+
+pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
+    // 1. Everything that can be checked without the token or Vault.
+    let file = super::load_config(cli)?;
+    let settings = super::vault_settings(&file, &a.vault)?;
+    let (mut specs, mut defaults) = specs_and_defaults(a)?;
+    let mut vars = vars_of(a)?;
+    let interactive = secrets::interactive() && !cli.json;
+    if specs.is_empty() {
+        if !interactive {
+            return Err(Error::Usage(
+                "no slot given: use --slot (repeatable) or --profile; run on a terminal to be asked"
+                    .into(),
+            ));
+        }
+        specs = ask_plan(&mut defaults)?;
+    }
+    let mgm_alg: Option<MgmAlgorithm> = a
+        .unlock
+        .mgmt_key_algorithm
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(Error::Usage)?;
+    // Parse everything in the specs once with a stand-in serial so that a typo is refused
+    // before the token is opened.
+    vars.entry("serial".into()).or_insert_with(|| "0".into());
+    profile::resolve(&specs, &defaults, &vars)?;
+
+    // 2. Vault: login now, so a wrong secret_id or a dead server changes nothing.
+    let role_id = settings.role_id.clone().ok_or_else(|| {
+        Error::Config("no AppRole role_id: set PIVAULT_ROLE_ID, --role-id or vault.role_id".into())
+    })?;
+    let secret_id = secrets::require(&Source {
+        what: "AppRole secret_id",
+        env: "PIVAULT_SECRET_ID",
+        file: settings.secret_id_file.clone(),
+    })?;
+    let issuer = VaultIssuer::connect(&settings, &role_id, secret_id)?;
+
+    // 3. The token, and the plan for it.
+    let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
+    vars.insert("serial".into(), token.info().serial.to_string());
+    let plan = Plan {
+        slots: profile::resolve(&specs, &defaults, &vars)?,
+        force: a.force,
+    };
+    plan.validate()?;
+    plan.check_token(&token)?;
+    if !cli.json {
+        eprint!("{}", describe_plan(&plan, &token));
+    }
+    if interactive && !a.yes {
+        let yes = ask("Proceed? (y/N)", Some("N"))?;
+        if !yes.eq_ignore_ascii_case("y") && !yes.eq_ignore_ascii_case("yes") {
+            eprintln!("nothing done");
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    }
+
+    let pin = Pin::new(
+        secrets::require(&Source {
+            what: "PIN",
+            env: "PIVAULT_PIN",
+            file: a.unlock.pin_file.clone(),
+        })?
+        .as_str(),
+    );
+    let mgm_file = a.unlock.mgmt_key_file.clone();
+    let default_ok = a.unlock.default_mgmt_key;
+    let mut ask_mgm = move || -> Result<MgmKeySource, Error> {
+        let src = Source {
+            what: "management key (hex)",
+            env: "PIVAULT_MGMT_KEY",
+            file: mgm_file.clone(),
+        };
+        if let Some(k) = secrets::read(&src)? {
+            return Ok(MgmKeySource::Given(MgmKeyHex::new(k.as_str())));
+        }
+        if default_ok {
+            return Ok(MgmKeySource::FactoryDefault);
+        }
+        if secrets::interactive() {
+            return Ok(MgmKeySource::Given(MgmKeyHex::new(
+                secrets::prompt("Management key (hex): ")?.as_str(),
+            )));
+        }
+        Err(Error::Usage(
+            "the token keeps no PIN-protected management key: set PIVAULT_MGMT_KEY or \
+             PIVAULT_MGMT_KEY_FILE, or pass --default-mgmt-key for a token still on the factory key"
+                .into(),
+        ))
+    };
+
+    let ctx = Context {
+        issuer: &issuer,
+        anchors_der: issuer.anchors_der()?,
+    };
+    let mut progress = Progress {
+        on: super::progress_on_terminal() && !cli.json,
+    };
+    let outcome = enroll::enroll(
+        &mut token,
+        &ctx,
+        &plan,
+        &pin,
+        mgm_alg,
+        &mut ask_mgm,
+        &mut progress,
+    )?;
+    log::info!(
+        "Vault: {} requests, {} AppRole login(s)",
+        issuer.stats().requests,
+        issuer.stats().logins
+    );
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string(&outcome.report).map_err(|e| Error::Config(e.to_string()))?
+        );
+    } else {
+        print!("{}", outcome.report.to_text());
+    }
+    if let Some(e) = &outcome.fatal {
+        return Ok(super::fail(e, false));
+    }
+    Ok(ExitCode::from(if outcome.report.ok {
+        exit::OK
+    } else {
+        exit::FAILED
+    }))
+}

@@ -1,0 +1,147 @@
+//! The `pivault` binary: argument parsing, configuration layering, prompts, output and
+//! exit codes over the library.
+
+mod args;
+mod enroll;
+mod secrets;
+
+use args::{Cli, Command, TokenArgs};
+use clap::Parser;
+use pivault::config::{FileConfig, VaultFlags, VaultSettings, DEFAULT_CONFIG_PATH};
+use pivault::error::exit;
+use pivault::piv::yubikey::{Selector, YubiKeyToken};
+use pivault::Error;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+/// Log to stderr. Crates that trace raw APDUs or HTTP bodies are capped at `debug`, so
+/// even `-vvv` cannot print a PIN, a management key or a token (the `yubikey` crate's
+/// trace level dumps VERIFY and SET MANAGEMENT KEY APDUs in clear).
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let capped = level.min(log::LevelFilter::Debug);
+    env_logger::Builder::new()
+        .filter_level(level)
+        .filter_module("yubikey", capped)
+        .filter_module("pcsc", capped)
+        .filter_module("reqwest", capped)
+        .filter_module("hyper", capped)
+        .filter_module("hyper_util", capped)
+        .filter_module("rustls", capped)
+        .filter_module("h2", capped)
+        .format_timestamp(None)
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+/// Print an error as one line plus a hint, and return its exit code.
+pub fn fail(e: &Error, json: bool) -> ExitCode {
+    if json {
+        let v = serde_json::json!({
+            "schema": pivault::report::SCHEMA_VERSION,
+            "error": e.to_string(),
+            "hint": e.hint(),
+            "exit_code": e.exit_code(),
+        });
+        println!("{v}");
+    }
+    eprintln!("pivault: error: {e}");
+    if let Some(h) = e.hint() {
+        eprintln!("  hint: {h}");
+    }
+    ExitCode::from(e.exit_code())
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let json = cli.json;
+    let r = match &cli.command {
+        Command::List => list(json),
+        Command::Status(t) => status(t, json),
+        Command::Enroll(a) => enroll::run(&cli, a),
+    };
+    r.unwrap_or_else(|e| fail(&e, json))
+}
+
+/// The config file: --config, else $PIVAULT_CONFIG, else the default path if it exists.
+pub fn load_config(cli: &Cli) -> Result<FileConfig, Error> {
+    let named = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("PIVAULT_CONFIG").map(Into::into));
+    match named {
+        Some(p) => FileConfig::load(&p),
+        None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            FileConfig::load(std::path::Path::new(DEFAULT_CONFIG_PATH))
+        }
+        None => Ok(FileConfig::default()),
+    }
+}
+
+pub fn vault_settings(file: &FileConfig, a: &args::VaultArgs) -> Result<VaultSettings, Error> {
+    let flags = VaultFlags {
+        addrs: a.addrs.clone(),
+        namespace: a.namespace.clone(),
+        ca_cert: a.ca_cert.clone(),
+        tls_skip_verify: a.tls_skip_verify,
+        pki_mount: a.pki_mount.clone(),
+        kv_mount: a.kv_mount.clone(),
+        approle_mount: a.approle_mount.clone(),
+        role_id: a.role_id.clone(),
+        secret_id_file: a.secret_id_file.clone(),
+        trust_anchor: a.trust_anchor.clone(),
+    };
+    VaultSettings::resolve(&file.vault, &|k| std::env::var(k).ok(), &flags)
+}
+
+pub fn selector(t: &TokenArgs) -> Selector {
+    Selector {
+        serial: t.serial,
+        reader: t.reader.clone(),
+    }
+}
+
+fn list(json: bool) -> Result<ExitCode, Error> {
+    let tokens = pivault::piv::yubikey::list()?;
+    if json {
+        let v = serde_json::json!({"schema": pivault::report::SCHEMA_VERSION, "tokens": tokens});
+        println!("{v}");
+    } else if tokens.is_empty() {
+        println!("no tokens found");
+    } else {
+        let mut out = std::io::stdout().lock();
+        for t in &tokens {
+            let _ = writeln!(out, "{:<10} {:<8} {}", t.serial, t.version, t.reader);
+        }
+    }
+    Ok(ExitCode::from(if tokens.is_empty() {
+        exit::NEEDS_PERSON
+    } else {
+        exit::OK
+    }))
+}
+
+fn status(t: &TokenArgs, json: bool) -> Result<ExitCode, Error> {
+    let mut token = YubiKeyToken::open(&selector(t))?;
+    let st = pivault::status::read(&mut token)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&st).map_err(|e| Error::Config(e.to_string()))?
+        );
+    } else {
+        print!("{}", st.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether progress lines should be drawn (a person watching stderr).
+pub fn progress_on_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}

@@ -1,0 +1,228 @@
+//! Configuration: a TOML file, then environment, then flags (flags win). The library
+//! reads no environment itself: the caller passes a lookup function.
+
+use crate::error::Error;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the CLI looks for a config file when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pivault/config.toml";
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub vault: VaultFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultFile {
+    /// One address, or several for an HA cluster (tried in order on failure).
+    pub addr: Option<String>,
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    pub namespace: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub tls_skip_verify: Option<bool>,
+    pub pki_mount: Option<String>,
+    pub kv_mount: Option<String>,
+    pub approle_mount: Option<String>,
+    pub role_id: Option<String>,
+    /// A file holding the secret_id; it must be readable by its owner only.
+    pub secret_id_file: Option<PathBuf>,
+    /// Certificates issued must chain to this CA (PEM), not only to Vault's own root.
+    pub trust_anchor: Option<PathBuf>,
+    pub request_timeout_secs: Option<u64>,
+    pub deadline_secs: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Values given on the command line (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct VaultFlags {
+    pub addrs: Vec<String>,
+    pub namespace: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub tls_skip_verify: bool,
+    pub pki_mount: Option<String>,
+    pub kv_mount: Option<String>,
+    pub approle_mount: Option<String>,
+    pub role_id: Option<String>,
+    pub secret_id_file: Option<PathBuf>,
+    pub trust_anchor: Option<PathBuf>,
+}
+
+/// The resolved Vault side of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultSettings {
+    pub addrs: Vec<url::Url>,
+    pub namespace: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub tls_skip_verify: bool,
+    pub pki_mount: String,
+    pub kv_mount: String,
+    pub approle_mount: String,
+    pub role_id: Option<String>,
+    pub secret_id_file: Option<PathBuf>,
+    pub trust_anchor: Option<PathBuf>,
+    pub request_timeout: Duration,
+    pub deadline: Duration,
+}
+
+fn mount_name(what: &str, v: String) -> Result<String, Error> {
+    let v = v.trim().trim_matches('/').to_string();
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '.'))
+        || v.contains("..")
+    {
+        return Err(Error::Config(format!("{what} '{v}' is not a valid mount path")));
+    }
+    Ok(v)
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+}
+
+impl VaultSettings {
+    /// Layer file < environment < flags. `env` looks up a variable (the CLI passes
+    /// `std::env::var`); the variables are VAULT_ADDR (comma-separated for several),
+    /// VAULT_NAMESPACE, VAULT_CACERT, VAULT_SKIP_VERIFY and PIVAULT_* for the rest.
+    pub fn resolve(
+        file: &VaultFile,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &VaultFlags,
+    ) -> Result<VaultSettings, Error> {
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let mut addrs: Vec<String> = file.addr.iter().cloned().chain(file.addrs.clone()).collect();
+        if let Some(v) = env("VAULT_ADDR") {
+            addrs = v.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        if !flags.addrs.is_empty() {
+            addrs = flags.addrs.clone();
+        }
+        if addrs.is_empty() {
+            return Err(Error::Config(
+                "no Vault address: set VAULT_ADDR, --vault-addr or vault.addr in the config file"
+                    .into(),
+            ));
+        }
+        let addrs = addrs
+            .iter()
+            .map(|a| {
+                let u = url::Url::parse(a)
+                    .map_err(|e| Error::Config(format!("Vault address '{a}': {e}")))?;
+                if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+                    return Err(Error::Config(format!(
+                        "Vault address '{a}' must be http(s)://host[:port]"
+                    )));
+                }
+                Ok(u)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let pick = |flag: &Option<String>, var: &str, f: &Option<String>| {
+            flag.clone().or_else(|| env(var)).or_else(|| f.clone())
+        };
+        let pick_path = |flag: &Option<PathBuf>, var: &str, f: &Option<PathBuf>| {
+            flag.clone()
+                .or_else(|| env(var).map(PathBuf::from))
+                .or_else(|| f.clone())
+        };
+        let tls_skip_verify = flags.tls_skip_verify
+            || env("PIVAULT_TLS_SKIP_VERIFY").is_some_and(|v| truthy(&v))
+            || env("VAULT_SKIP_VERIFY").is_some_and(|v| truthy(&v))
+            || file.tls_skip_verify.unwrap_or(false);
+        Ok(VaultSettings {
+            addrs,
+            namespace: pick(&flags.namespace, "VAULT_NAMESPACE", &file.namespace)
+                .map(|n| n.trim().trim_matches('/').to_string())
+                .filter(|n| !n.is_empty()),
+            ca_cert: pick_path(&flags.ca_cert, "VAULT_CACERT", &file.ca_cert),
+            tls_skip_verify,
+            pki_mount: mount_name(
+                "PKI mount",
+                pick(&flags.pki_mount, "PIVAULT_PKI_MOUNT", &file.pki_mount)
+                    .unwrap_or_else(|| "pki".into()),
+            )?,
+            kv_mount: mount_name(
+                "KV mount",
+                pick(&flags.kv_mount, "PIVAULT_KV_MOUNT", &file.kv_mount)
+                    .unwrap_or_else(|| "yubikeys".into()),
+            )?,
+            approle_mount: mount_name(
+                "AppRole mount",
+                pick(&flags.approle_mount, "PIVAULT_APPROLE_MOUNT", &file.approle_mount)
+                    .unwrap_or_else(|| "approle".into()),
+            )?,
+            role_id: pick(&flags.role_id, "PIVAULT_ROLE_ID", &file.role_id),
+            secret_id_file: pick_path(&flags.secret_id_file, "PIVAULT_SECRET_ID_FILE", &file.secret_id_file),
+            trust_anchor: pick_path(&flags.trust_anchor, "PIVAULT_TRUST_ANCHOR", &file.trust_anchor),
+            request_timeout: Duration::from_secs(file.request_timeout_secs.unwrap_or(30)),
+            deadline: Duration::from_secs(file.deadline_secs.unwrap_or(90)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = VaultFile {
+            addr: Some("https://file:8200".into()),
+            pki_mount: Some("pki-file".into()),
+            kv_mount: Some("kv-file".into()),
+            namespace: Some("ns-file".into()),
+            ..Default::default()
+        };
+        let env = env_of(&[("VAULT_ADDR", "https://env:8200"), ("PIVAULT_PKI_MOUNT", "pki-env")]);
+        let flags = VaultFlags {
+            pki_mount: Some("pki-flag".into()),
+            ..Default::default()
+        };
+        let s = VaultSettings::resolve(&file, &env, &flags).expect("settings");
+        assert_eq!(s.addrs[0].host_str(), Some("env"));
+        assert_eq!(s.pki_mount, "pki-flag");
+        assert_eq!(s.kv_mount, "kv-file");
+        assert_eq!(s.namespace.as_deref(), Some("ns-file"));
+        assert_eq!(s.approle_mount, "approle");
+        assert!(!s.tls_skip_verify);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let none = env_of(&[]);
+        assert!(VaultSettings::resolve(&VaultFile::default(), &none, &VaultFlags::default()).is_err());
+        let flags = VaultFlags {
+            addrs: vec!["ftp://x".into()],
+            ..Default::default()
+        };
+        assert!(VaultSettings::resolve(&VaultFile::default(), &none, &flags).is_err());
+        let flags = VaultFlags {
+            addrs: vec!["http://127.0.0.1:8200".into()],
+            pki_mount: Some("../sys".into()),
+            ..Default::default()
+        };
+        assert!(VaultSettings::resolve(&VaultFile::default(), &none, &flags).is_err());
+        assert!(toml::from_str::<FileConfig>("[vault]\nadress='x'").is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! PKCS#10 certification requests (RFC 2986) whose signature is made on the token.
+//!
+//! The request info is built and DER-encoded here, its signature input goes to the card
+//! through [`PivToken::sign_raw`], and the result is verified locally against the
+//! generated public key before anything is sent to Vault.
+
+use crate::crypto;
+use crate::piv::{Algorithm, PivToken, Slot, TokenError};
+use der::{asn1::BitString, Decode, Encode, EncodePem};
+use spki::SubjectPublicKeyInfoOwned;
+use std::str::FromStr;
+use x509_cert::{
+    attr::Attributes,
+    ext::{
+        pkix::{name::GeneralName, SubjectAltName},
+        ToExtension,
+    },
+    name::Name,
+    request::{CertReq, CertReqInfo, ExtensionReq, Version},
+};
+
+/// What the certificate should name. Validated by [`Subject::validate`] before any token
+/// operation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subject {
+    pub common_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Microsoft UPN (smart-card logon). Sent to Vault as `other_sans`, not in the CSR, so
+    /// that it appears once in the certificate (Vault merges the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upn: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error("invalid subject: {0}")]
+    Subject(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("encoding the request failed: {0}")]
+    Encoding(String),
+    #[error("the token's signature on the request does not verify ({0}); nothing was sent")]
+    BadSignature(String),
+}
+
+fn looks_like_mailbox(s: &str) -> bool {
+    let mut parts = s.splitn(2, '@');
+    let (local, domain) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<')
+        && !domain.contains('@')
+}
+
+impl Subject {
+    /// Refuse what Vault or a relying party would choke on, with the reason.
+    pub fn validate(&self) -> Result<(), CsrError> {
+        let cn = self.common_name.trim();
+        if cn.is_empty() {
+            return Err(CsrError::Subject("the common name is empty".into()));
+        }
+        if cn.len() > 64 {
+            return Err(CsrError::Subject(format!(
+                "the common name is {} characters; X.520 allows at most 64",
+                cn.len()
+            )));
+        }
+        if cn.chars().any(char::is_control) {
+            return Err(CsrError::Subject(
+                "the common name contains control characters".into(),
+            ));
+        }
+        if let Some(e) = &self.email {
+            if !looks_like_mailbox(e) {
+                return Err(CsrError::Subject(format!("'{e}' is not an e-mail address")));
+            }
+        }
+        if let Some(u) = &self.upn {
+            if !looks_like_mailbox(u) {
+                return Err(CsrError::Subject(format!(
+                    "'{u}' is not a user principal name (user@realm)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The subject as an X.500 name: CN only (Vault keeps only the CN unless the role
+    /// allows more, see openbao-facts).
+    pub fn name(&self) -> Result<Name, CsrError> {
+        Name::from_str(&format!("CN={}", escape_rdn_value(self.common_name.trim())))
+            .map_err(|e| CsrError::Subject(format!("common name: {e}")))
+    }
+}
+
+/// Escape an attribute value for an RFC 4514 string.
+fn escape_rdn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i + 1 == v.chars().count() && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A request ready to send, and the facts to check the answer against.
+#[derive(Debug, Clone)]
+pub struct SignedCsr {
+    pub der: Vec<u8>,
+    pub pem: String,
+}
+
+/// Build the request for `public_key` and have the token in `slot` sign it.
+pub fn build_and_sign(
+    token: &mut dyn PivToken,
+    slot: Slot,
+    public_key: &SubjectPublicKeyInfoOwned,
+    subject: &Subject,
+) -> Result<SignedCsr, CsrError> {
+    subject.validate()?;
+    let alg = crypto::algorithm_of(public_key)
+        .ok_or_else(|| CsrError::Encoding("unsupported public key type".into()))?;
+    let enc = |e: der::Error| CsrError::Encoding(e.to_string());
+
+    let name = subject.name()?;
+    let mut attributes = Attributes::new();
+    if let Some(email) = &subject.email {
+        // RFC 8550 3: an S/MIME certificate names the mailbox in subjectAltName.
+        let ia5 = der::asn1::Ia5String::new(email).map_err(enc)?;
+        let san = SubjectAltName(vec![GeneralName::Rfc822Name(ia5)]);
+        let ext = (&san).to_extension(&name, &[]).map_err(enc)?;
+        let attr = ExtensionReq(vec![ext]).try_into().map_err(enc)?;
+        attributes.insert(attr).map_err(enc)?;
+    }
+    let info = CertReqInfo {
+        version: Version::V1,
+        subject: name,
+        public_key: public_key.clone(),
+        attributes,
+    };
+    let tbs = info.to_der().map_err(enc)?;
+    let raw_sig = token.sign_raw(slot, alg, &crypto::card_input(alg, &tbs))?;
+    crypto::verify(public_key, &tbs, &raw_sig).map_err(CsrError::BadSignature)?;
+
+    let req = CertReq {
+        info,
+        algorithm: crypto::signature_algorithm(alg),
+        signature: BitString::from_bytes(&raw_sig).map_err(enc)?,
+    };
+    let der = req.to_der().map_err(enc)?;
+    let pem = req.to_pem(der::pem::LineEnding::LF).map_err(enc)?;
+    Ok(SignedCsr { der, pem })
+}
+
+/// Verify a DER CSR's self-signature (used by tests and by `--check` style tooling).
+pub fn verify_csr(der: &[u8]) -> Result<(), String> {
+    let req = CertReq::from_der(der).map_err(|e| e.to_string())?;
+    let tbs = req.info.to_der().map_err(|e| e.to_string())?;
+    crypto::verify(&req.info.public_key, &tbs, req.signature.raw_bytes())
+}
+
+/// The signature algorithm a CSR would use for a key type (exposed for reports).
+pub fn signature_algorithm_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::P256 => "ecdsa-with-SHA256",
+        Algorithm::P384 => "ecdsa-with-SHA384",
+        Algorithm::Rsa2048 | Algorithm::Rsa3072 | Algorithm::Rsa4096 => "sha256WithRSAEncryption",
+        Algorithm::Ed25519 => "Ed25519",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_validation() {
+        let ok = Subject {
+            common_name: "Jane Doe".into(),
+            email: Some("jane@example.org".into()),
+            upn: Some("jane@corp.example".into()),
+        };
+        assert!(ok.validate().is_ok());
+        for bad in [
+            Subject { common_name: " ".into(), ..Default::default() },
+            Subject { common_name: "x".repeat(65), ..Default::default() },
+            Subject { common_name: "a\u{7}b".into(), ..Default::default() },
+            Subject { common_name: "ok".into(), email: Some("nope".into()), upn: None },
+            Subject { common_name: "ok".into(), email: Some("a@b@c.d".into()), upn: None },
+            Subject { common_name: "ok".into(), email: None, upn: Some("user".into()) },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn names_with_specials_are_escaped() {
+        let s = Subject { common_name: "Doe, Jane + co".into(), ..Default::default() };
+        let name = s.name().expect("name");
+        assert_eq!(name.to_string(), "CN=Doe\\, Jane \\+ co");
+    }
+}

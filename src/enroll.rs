@@ -1,0 +1,470 @@
+//! The enrollment workflow: check → unlock → generate → CSR (signed on the card) → Vault
+//! sign → verify → import → read back → report. Batch provisioning and renewal reuse the
+//! pieces here; there is no second copy of these steps.
+
+use crate::csr::{self, Subject};
+use crate::error::Error;
+use crate::piv::{
+    Algorithm, MgmAlgorithm, PinPolicy, PivToken, Role, Slot, TokenError, TouchPolicy,
+    DEFAULT_MGM_KEY_HEX,
+};
+use crate::report::{rfc3339, EnrollReport, SlotReport, SCHEMA_VERSION};
+use crate::secret::{MgmKeyHex, Pin};
+use crate::verify::{self, Accepted, Expectation};
+use spki::SubjectPublicKeyInfoOwned;
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+/// What to put in one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotPlan {
+    pub slot: Slot,
+    pub algorithm: Algorithm,
+    pub pin_policy: PinPolicy,
+    pub touch_policy: TouchPolicy,
+    pub role: Role,
+    pub subject: Subject,
+    /// Requested lifetime (Vault duration syntax); the role's default when `None`.
+    pub ttl: Option<String>,
+}
+
+/// A whole run on one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub slots: Vec<SlotPlan>,
+    /// Replace keys/certificates already in the slots.
+    pub force: bool,
+}
+
+impl Plan {
+    /// Refuse a plan that cannot work, before anything is touched.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.slots.is_empty() {
+            return Err(Error::Usage("no slot to enroll".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for sp in &self.slots {
+            if !seen.insert(sp.slot) {
+                return Err(Error::Usage(format!("slot {} is listed twice", sp.slot)));
+            }
+            sp.subject.validate()?;
+            if let Some(ttl) = &sp.ttl {
+                if !valid_duration(ttl) {
+                    return Err(Error::Usage(format!(
+                        "ttl '{ttl}' is not a duration such as 90d, 8760h or 30m"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuse what this token's firmware cannot do.
+    pub fn check_token(&self, token: &dyn PivToken) -> Result<(), Error> {
+        let v = token.info().version;
+        for sp in &self.slots {
+            if v < sp.algorithm.min_firmware() {
+                return Err(Error::Usage(format!(
+                    "slot {}: {} needs firmware {} or newer; this token has {v}",
+                    sp.slot,
+                    sp.algorithm,
+                    sp.algorithm.min_firmware()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_duration(s: &str) -> bool {
+    let s = s.trim();
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && matches!(unit, "" | "s" | "m" | "h" | "d")
+}
+
+/// Where the management key comes from when the token keeps none PIN-protected.
+pub enum MgmKeySource {
+    Given(MgmKeyHex),
+    /// The factory default, allowed only by an explicit flag (the CLI warns).
+    FactoryDefault,
+}
+
+/// A certificate as Vault issued it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Issued {
+    pub certificate_pem: String,
+    /// Issuing CA first, root last.
+    pub chain_pem: Vec<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The issuing side: Vault's PKI in production.
+pub trait Issuer {
+    /// Cheap check, with no side effect, that a request to `role` would be heard
+    /// (reachable, logged in, policy allows the path, role exists).
+    fn preflight(&self, role: Role) -> Result<(), Error>;
+    fn issue(
+        &self,
+        role: Role,
+        csr_pem: &str,
+        subject: &Subject,
+        ttl: Option<&str>,
+    ) -> Result<Issued, Error>;
+}
+
+/// Steps reported while a slot is worked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Generating(Algorithm),
+    SigningCsr,
+    Requesting(Role),
+    Importing,
+}
+
+/// Hooks for progress display and for crash-safe callers (the station journals the key
+/// and the issued certificate so a re-run re-imports instead of issuing again).
+pub trait Observer {
+    fn step(&mut self, _slot: Slot, _step: Step) {}
+    fn generated(&mut self, _slot: Slot, _key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
+        Ok(())
+    }
+    fn issued(&mut self, _slot: Slot, _cert: &Issued) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// An observer that does nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Settings shared by every slot of a run.
+pub struct Context<'a> {
+    pub issuer: &'a dyn Issuer,
+    /// Trust anchors that issued certificates must chain to (DER); Vault's own root when
+    /// empty.
+    pub anchors_der: Vec<Vec<u8>>,
+}
+
+/// Verify the PIN (never spending the last try) and authenticate with the management
+/// key: the token's PIN-protected one when present, else what `ask_mgm` supplies.
+pub fn unlock(
+    token: &mut dyn PivToken,
+    pin: &Pin,
+    mgm_alg: Option<MgmAlgorithm>,
+    ask_mgm: &mut dyn FnMut() -> Result<MgmKeySource, Error>,
+) -> Result<(), Error> {
+    verify_pin_safely(token, pin)?;
+    let state = token.mgm_key_state()?;
+    let protected = if state.protected {
+        token.protected_mgm_key()?
+    } else {
+        None
+    };
+    let key = match protected {
+        Some(k) => {
+            log::info!("using the management key kept PIN-protected on the token");
+            k
+        }
+        None => match ask_mgm()? {
+            MgmKeySource::Given(k) => k,
+            MgmKeySource::FactoryDefault => {
+                log::warn!(
+                    "authenticating with the FACTORY DEFAULT management key: anyone can \
+                     change this token's keys; set a new one (pivault station does)"
+                );
+                MgmKeyHex::new(DEFAULT_MGM_KEY_HEX)
+            }
+        },
+    };
+    let len = hex::decode(key.expose().trim())
+        .map(|b| zeroize::Zeroizing::new(b).len())
+        .map_err(|_| Error::Usage("the management key is not hex".into()))?;
+    let alg = mgm_alg
+        .or(state.algorithm)
+        .or_else(|| MgmAlgorithm::guess(len, token.info().version))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "a management key of {len} bytes fits no algorithm (3DES/AES-192: 24, AES-128: 16, AES-256: 32)"
+            ))
+        })?;
+    if alg.key_len() != len {
+        return Err(Error::Usage(format!(
+            "the management key has {len} bytes but {alg} needs {}",
+            alg.key_len()
+        )));
+    }
+    token.authenticate(&key, alg)?;
+    Ok(())
+}
+
+/// VERIFY the PIN unless only one try is left (pivault never risks blocking a token).
+pub fn verify_pin_safely(token: &mut dyn PivToken, pin: &Pin) -> Result<(), Error> {
+    match token.pin_retries()? {
+        0 => Err(TokenError::PinBlocked.into()),
+        1 => Err(TokenError::PinLastTry.into()),
+        _ => Ok(token.verify_pin(pin)?),
+    }
+}
+
+/// What a slot holds now, in words, or `None` when empty.
+pub fn occupant(token: &mut dyn PivToken, slot: Slot) -> Result<Option<String>, Error> {
+    if let Some(der) = token.read_certificate(slot)? {
+        return Ok(Some(match verify::describe(&der) {
+            Ok(a) => format!(
+                "a certificate for {} (issuer {}, not after {})",
+                a.subject,
+                a.issuer,
+                rfc3339(a.not_after)
+            ),
+            Err(_) => "an unparseable certificate".into(),
+        }));
+    }
+    match token.slot_key(slot) {
+        Ok(Some(k)) => Ok(Some(format!("a {} key without certificate", k.algorithm))),
+        Ok(None) | Err(TokenError::NotSupported { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Verify an issued certificate against the key and chain, write it, read it back.
+pub fn import_issued(
+    token: &mut dyn PivToken,
+    ctx: &Context<'_>,
+    sp: &SlotPlan,
+    key: &SubjectPublicKeyInfoOwned,
+    issued: &Issued,
+) -> Result<Accepted, Error> {
+    let bad = |source| Error::Verify {
+        slot: sp.slot,
+        source,
+    };
+    let cert_der = verify::pem_bundle_to_der(&issued.certificate_pem)
+        .map_err(bad)?
+        .into_iter()
+        .next()
+        .ok_or(bad(verify::VerifyError::Parse("no certificate in Vault's answer".into())))?;
+    let mut chain_der = Vec::new();
+    for pem in &issued.chain_pem {
+        chain_der.extend(verify::pem_bundle_to_der(pem).map_err(bad)?);
+    }
+    let accepted = verify::check(
+        &cert_der,
+        &Expectation {
+            slot: sp.slot,
+            role: sp.role,
+            public_key: key,
+            chain_der: &chain_der,
+            anchors_der: &ctx.anchors_der,
+            now: SystemTime::now(),
+        },
+    )
+    .map_err(bad)?;
+    token.write_certificate(sp.slot, &cert_der)?;
+    if token.read_certificate(sp.slot)?.as_deref() != Some(cert_der.as_slice()) {
+        return Err(Error::ReadBack { slot: sp.slot });
+    }
+    Ok(accepted)
+}
+
+/// How a slot gets its key.
+#[derive(Debug, Clone)]
+pub enum KeyChoice {
+    /// Generate a new key on the token (replaces what is there).
+    Generate,
+    /// Certify the key already in the slot (renewal with --reuse-key).
+    Existing(SubjectPublicKeyInfoOwned),
+}
+
+/// One slot, end to end. The token must be unlocked (PIN verified, management key
+/// authenticated when generating).
+pub fn enroll_slot(
+    token: &mut dyn PivToken,
+    ctx: &Context<'_>,
+    sp: &SlotPlan,
+    pin: &Pin,
+    key: KeyChoice,
+    obs: &mut dyn Observer,
+) -> Result<Accepted, Error> {
+    let key = match key {
+        KeyChoice::Generate => {
+            obs.step(sp.slot, Step::Generating(sp.algorithm));
+            // DESTRUCTIVE: replaces the slot's private key.
+            let k = token.generate_key(sp.slot, sp.algorithm, sp.pin_policy, sp.touch_policy)?;
+            obs.generated(sp.slot, &k)?;
+            k
+        }
+        KeyChoice::Existing(k) => k,
+    };
+    obs.step(sp.slot, Step::SigningCsr);
+    // Slots with PIN policy "always" (9c by default) want the PIN right before each use.
+    token.verify_pin(pin)?;
+    let csr = csr::build_and_sign(token, sp.slot, &key, &sp.subject)?;
+    obs.step(sp.slot, Step::Requesting(sp.role));
+    let issued = ctx
+        .issuer
+        .issue(sp.role, &csr.pem, &sp.subject, sp.ttl.as_deref())?;
+    obs.issued(sp.slot, &issued)?;
+    obs.step(sp.slot, Step::Importing);
+    import_issued(token, ctx, sp, &key, &issued)
+}
+
+/// Errors that concern one slot only; others stop the run.
+fn slot_local(e: &Error) -> bool {
+    match e {
+        Error::Verify { .. } | Error::ReadBack { .. } | Error::Csr(_) => true,
+        Error::Vault(v) => v.is_request_refused(),
+        _ => false,
+    }
+}
+
+pub fn slot_report(sp: &SlotPlan, result: &str, a: &Accepted, warnings: &[String]) -> SlotReport {
+    SlotReport {
+        slot: sp.slot,
+        algorithm: sp.algorithm,
+        role: sp.role,
+        result: result.into(),
+        certificate_serial: Some(a.serial_hex.clone()),
+        subject: Some(a.subject.clone()),
+        issuer: Some(a.issuer.clone()),
+        not_after: Some(rfc3339(a.not_after)),
+        sha256_fingerprint: Some(a.sha256.clone()),
+        vault_warnings: warnings.to_vec(),
+        error: None,
+    }
+}
+
+pub fn failed_report(sp: &SlotPlan, e: &Error) -> SlotReport {
+    SlotReport {
+        slot: sp.slot,
+        algorithm: sp.algorithm,
+        role: sp.role,
+        result: "failed".into(),
+        certificate_serial: None,
+        subject: None,
+        issuer: None,
+        not_after: None,
+        sha256_fingerprint: None,
+        vault_warnings: Vec::new(),
+        error: Some(e.to_string()),
+    }
+}
+
+/// The result of a run: the report, and the error that stopped it early, if any.
+pub struct Outcome {
+    pub report: EnrollReport,
+    pub fatal: Option<Error>,
+}
+
+/// Records Vault's warnings per slot for the report, and forwards to the caller's observer.
+struct Recorder<'o> {
+    inner: &'o mut dyn Observer,
+    warnings: Vec<String>,
+}
+
+impl Observer for Recorder<'_> {
+    fn step(&mut self, slot: Slot, step: Step) {
+        self.inner.step(slot, step)
+    }
+    fn generated(&mut self, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
+        self.inner.generated(slot, key)
+    }
+    fn issued(&mut self, slot: Slot, cert: &Issued) -> Result<(), Error> {
+        self.warnings = cert.warnings.clone();
+        self.inner.issued(slot, cert)
+    }
+}
+
+/// Enroll every slot of the plan on an already opened token.
+///
+/// Order matters for "bad input changes nothing": the plan, the token's capabilities,
+/// Vault (login, policy, role) and the PIN/management key are all checked, and occupied
+/// slots refused, before the first key is generated.
+pub fn enroll(
+    token: &mut dyn PivToken,
+    ctx: &Context<'_>,
+    plan: &Plan,
+    pin: &Pin,
+    mgm_alg: Option<MgmAlgorithm>,
+    ask_mgm: &mut dyn FnMut() -> Result<MgmKeySource, Error>,
+    obs: &mut dyn Observer,
+) -> Result<Outcome, Error> {
+    plan.validate()?;
+    plan.check_token(token)?;
+    let roles: BTreeSet<&'static str> = plan.slots.iter().map(|s| s.role.name()).collect();
+    for sp in &plan.slots {
+        if roles.contains(sp.role.name()) {
+            ctx.issuer.preflight(sp.role)?;
+        }
+    }
+    unlock(token, pin, mgm_alg, ask_mgm)?;
+    if !plan.force {
+        for sp in &plan.slots {
+            if let Some(what) = occupant(token, sp.slot)? {
+                return Err(Error::SlotOccupied {
+                    slot: sp.slot,
+                    what,
+                });
+            }
+        }
+    }
+
+    let info = token.info().clone();
+    let mut report = EnrollReport {
+        schema: SCHEMA_VERSION,
+        command: "enroll",
+        token_serial: info.serial,
+        firmware: info.version,
+        reader: info.reader,
+        slots: Vec::new(),
+        wrote_chuid_ccc: false,
+        ok: false,
+    };
+    let mut fatal = None;
+    for sp in &plan.slots {
+        let mut rec = Recorder {
+            inner: obs,
+            warnings: Vec::new(),
+        };
+        match enroll_slot(token, ctx, sp, pin, KeyChoice::Generate, &mut rec) {
+            Ok(a) => report
+                .slots
+                .push(slot_report(sp, "enrolled", &a, &rec.warnings)),
+            Err(e) => {
+                report.slots.push(failed_report(sp, &e));
+                if !slot_local(&e) {
+                    fatal = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    if fatal.is_none() && report.slots.iter().any(|s| s.error.is_none()) {
+        match token.ensure_chuid_ccc() {
+            Ok(w) => report.wrote_chuid_ccc = w,
+            Err(e) => fatal = Some(e.into()),
+        }
+    }
+    report.ok = fatal.is_none()
+        && report.slots.len() == plan.slots.len()
+        && report.slots.iter().all(|s| s.error.is_none());
+    Ok(Outcome { report, fatal })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for ok in ["90d", "8760h", "30m", "3600", "45s"] {
+            assert!(valid_duration(ok), "{ok}");
+        }
+        for bad in ["", "h", "1y", "-5m", "5 m", "1h30m"] {
+            assert!(!valid_duration(bad), "{bad}");
+        }
+    }
+}

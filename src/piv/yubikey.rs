@@ -1,0 +1,599 @@
+//! [`PivToken`] over PC/SC with the `yubikey` crate. The only module that names
+//! `yubikey` or `pcsc`.
+
+use super::{
+    Algorithm, FirmwareVersion, MgmAlgorithm, MgmKeyState, PinPolicy, PivToken, Slot, SlotKey,
+    TokenError, TokenInfo, TouchPolicy,
+};
+use crate::secret::{MgmKeyHex, Pin, Puk};
+use der::{Decode, Encode};
+use spki::SubjectPublicKeyInfoOwned;
+use yubikey::{
+    certificate::Certificate,
+    mgm::{MgmAlgorithmId, MgmKey, MgmType},
+    piv::{self, AlgorithmId, ManagementSlotId, RetiredSlotId, SlotAlgorithmId, SlotId},
+    reader::Context,
+    YubiKey,
+};
+use zeroize::Zeroizing;
+
+/// Which token to open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub serial: Option<u32>,
+    pub reader: Option<String>,
+}
+
+impl Selector {
+    fn matches(&self, info: &TokenInfo) -> bool {
+        self.serial.is_none_or(|s| s == info.serial)
+            && self.reader.as_deref().is_none_or(|r| r == info.reader)
+    }
+
+    fn describe(&self) -> String {
+        match (self.serial, &self.reader) {
+            (Some(s), Some(r)) => format!(" with serial {s} in reader '{r}'"),
+            (Some(s), None) => format!(" with serial {s}"),
+            (None, Some(r)) => format!(" in reader '{r}'"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// A YubiKey (or a card answering like one) on a PC/SC reader.
+pub struct YubiKeyToken {
+    yk: YubiKey,
+    info: TokenInfo,
+}
+
+impl std::fmt::Debug for YubiKeyToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("YubiKeyToken").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+fn info_of(yk: &YubiKey) -> TokenInfo {
+    let v = yk.version();
+    TokenInfo {
+        serial: yk.serial().0,
+        version: FirmwareVersion::new(v.major, v.minor, v.patch),
+        reader: yk.name().to_string(),
+    }
+}
+
+/// Open every reader and keep the tokens that answer as a YubiKey PIV application.
+/// Readers that fail to open (empty, another application's card) are skipped.
+fn open_all() -> Result<Vec<YubiKey>, TokenError> {
+    let mut ctx = Context::open().map_err(|e| map_err("list readers", e))?;
+    let readers = match ctx.iter() {
+        Ok(r) => r,
+        // No reader at all is "no token", not a failure of PC/SC.
+        Err(yubikey::Error::PcscError {
+            inner: Some(pcsc::Error::NoReadersAvailable),
+        }) => return Ok(Vec::new()),
+        Err(e) => return Err(map_err("list readers", e)),
+    };
+    Ok(readers.filter_map(|r| r.open().ok()).collect())
+}
+
+/// The tokens present now.
+pub fn list() -> Result<Vec<TokenInfo>, TokenError> {
+    let tokens = open_all()?;
+    let infos = tokens.iter().map(info_of).collect();
+    for yk in tokens {
+        // Leave the card as it is: another program may hold a verified PIN.
+        let _ = yk.disconnect(pcsc::Disposition::LeaveCard);
+    }
+    Ok(infos)
+}
+
+impl YubiKeyToken {
+    /// Open the one token the selector names; with no selector, the only token present.
+    pub fn open(sel: &Selector) -> Result<YubiKeyToken, TokenError> {
+        let mut found: Vec<YubiKey> = Vec::new();
+        for yk in open_all()? {
+            if sel.matches(&info_of(&yk)) {
+                found.push(yk);
+            } else {
+                let _ = yk.disconnect(pcsc::Disposition::LeaveCard);
+            }
+        }
+        match found.len() {
+            0 => Err(TokenError::NoToken(sel.describe())),
+            1 => {
+                let yk = found.remove(0);
+                let info = info_of(&yk);
+                log::debug!("opened token {} in '{}'", info.serial, info.reader);
+                Ok(YubiKeyToken { yk, info })
+            }
+            _ => {
+                let names: Vec<String> = found
+                    .iter()
+                    .map(|yk| {
+                        let i = info_of(yk);
+                        format!("{} in '{}'", i.serial, i.reader)
+                    })
+                    .collect();
+                for yk in found {
+                    let _ = yk.disconnect(pcsc::Disposition::LeaveCard);
+                }
+                Err(TokenError::Ambiguous(names.join(", ")))
+            }
+        }
+    }
+
+    fn unsupported(&self, what: &str) -> TokenError {
+        TokenError::NotSupported {
+            what: what.into(),
+            version: self.info.version.to_string(),
+        }
+    }
+}
+
+fn slot_id(slot: Slot) -> SlotId {
+    let b = slot.byte();
+    match b {
+        0x9a => SlotId::Authentication,
+        0x9c => SlotId::Signature,
+        0x9d => SlotId::KeyManagement,
+        0x9e => SlotId::CardAuthentication,
+        // Slot guarantees 0x82..=0x95 here, all of which RetiredSlotId knows.
+        _ => RetiredSlotId::try_from(b)
+            .map(SlotId::Retired)
+            .unwrap_or(SlotId::CardAuthentication),
+    }
+}
+
+fn alg_id(alg: Algorithm) -> AlgorithmId {
+    match alg {
+        Algorithm::P256 => AlgorithmId::EccP256,
+        Algorithm::P384 => AlgorithmId::EccP384,
+        Algorithm::Rsa2048 => AlgorithmId::Rsa2048,
+        Algorithm::Rsa3072 => AlgorithmId::Rsa3072,
+        Algorithm::Rsa4096 => AlgorithmId::Rsa4096,
+        Algorithm::Ed25519 => AlgorithmId::Ed25519,
+    }
+}
+
+fn alg_from_id(id: AlgorithmId) -> Option<Algorithm> {
+    Some(match id {
+        AlgorithmId::EccP256 => Algorithm::P256,
+        AlgorithmId::EccP384 => Algorithm::P384,
+        AlgorithmId::Rsa2048 => Algorithm::Rsa2048,
+        AlgorithmId::Rsa3072 => Algorithm::Rsa3072,
+        AlgorithmId::Rsa4096 => Algorithm::Rsa4096,
+        AlgorithmId::Ed25519 => Algorithm::Ed25519,
+        AlgorithmId::Rsa1024 | AlgorithmId::X25519 => return None,
+    })
+}
+
+fn mgm_alg_id(alg: MgmAlgorithm) -> MgmAlgorithmId {
+    match alg {
+        MgmAlgorithm::TripleDes => MgmAlgorithmId::ThreeDes,
+        MgmAlgorithm::Aes128 => MgmAlgorithmId::Aes128,
+        MgmAlgorithm::Aes192 => MgmAlgorithmId::Aes192,
+        MgmAlgorithm::Aes256 => MgmAlgorithmId::Aes256,
+    }
+}
+
+fn pin_policy(p: PinPolicy) -> yubikey::PinPolicy {
+    match p {
+        PinPolicy::Default => yubikey::PinPolicy::Default,
+        PinPolicy::Never => yubikey::PinPolicy::Never,
+        PinPolicy::Once => yubikey::PinPolicy::Once,
+        PinPolicy::Always => yubikey::PinPolicy::Always,
+    }
+}
+
+fn touch_policy(p: TouchPolicy) -> yubikey::TouchPolicy {
+    match p {
+        TouchPolicy::Default => yubikey::TouchPolicy::Default,
+        TouchPolicy::Never => yubikey::TouchPolicy::Never,
+        TouchPolicy::Always => yubikey::TouchPolicy::Always,
+        TouchPolicy::Cached => yubikey::TouchPolicy::Cached,
+    }
+}
+
+fn is_removed(e: &pcsc::Error) -> bool {
+    matches!(
+        e,
+        pcsc::Error::RemovedCard
+            | pcsc::Error::ResetCard
+            | pcsc::Error::NoSmartcard
+            | pcsc::Error::ReaderUnavailable
+            | pcsc::Error::UnknownReader
+            | pcsc::Error::UnpoweredCard
+            | pcsc::Error::UnresponsiveCard
+    )
+}
+
+/// Map the crate's error to ours. `op` names the operation for the generic case.
+fn map_err(op: &'static str, e: yubikey::Error) -> TokenError {
+    match e {
+        yubikey::Error::WrongPin { tries } => TokenError::WrongPin { tries_left: tries },
+        yubikey::Error::PinLocked => TokenError::PinBlocked,
+        yubikey::Error::PcscError { inner: Some(p) } if is_removed(&p) => TokenError::CardRemoved,
+        yubikey::Error::PcscError {
+            inner: Some(pcsc::Error::NoService | pcsc::Error::ServiceStopped),
+        } => TokenError::Pcsc(
+            "the PC/SC service (pcscd) is not running or not reachable".into(),
+        ),
+        yubikey::Error::PcscError { inner: Some(p) } => TokenError::Pcsc(p.to_string()),
+        other => TokenError::Card {
+            op,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Find a BER-TLV value by tag in a flat run of TLVs (one-byte tags; short and 0x81/0x82
+/// long-form lengths, ISO 7816-4 5.2.2).
+fn find_tlv(mut data: &[u8], tag: u8) -> Option<&[u8]> {
+    while data.len() >= 2 {
+        let t = data[0];
+        let (len, hdr) = match data[1] {
+            l @ 0..=0x7f => (l as usize, 2),
+            0x81 => (*data.get(2)? as usize, 3),
+            0x82 => (((*data.get(2)? as usize) << 8) | *data.get(3)? as usize, 4),
+            _ => return None,
+        };
+        let value = data.get(hdr..hdr + len)?;
+        if t == tag {
+            return Some(value);
+        }
+        data = &data[hdr + len..];
+    }
+    None
+}
+
+/// PRINTED object: the PIN-protected data store (Yubico extension, object 5FC109).
+const OBJ_PRINTED: u32 = 0x005f_c109;
+/// CHUID (SP 800-73-4 Part 1, 3.1.2) and Card Capability Container (3.1.1).
+const OBJ_CHUID: u32 = 0x005f_c102;
+const OBJ_CCC: u32 = 0x005f_c107;
+
+/// A CHUID per SP 800-73-4 Part 1 Table 9: FASC-N (0x30, the "non-federal" pattern of
+/// all 9s that Yubico's tools write), GUID (0x34, random here), expiration (0x35,
+/// YYYYMMDD), empty issuer signature (0x3E) and error-detection code (0xFE).
+fn chuid_bytes(guid: [u8; 16]) -> Vec<u8> {
+    let mut v = vec![
+        0x30, 0x19, 0xd4, 0xe7, 0x39, 0xda, 0x73, 0x9c, 0xed, 0x39, 0xce, 0x73, 0x9d, 0x83, 0x68,
+        0x58, 0x21, 0x08, 0x42, 0x10, 0x84, 0x21, 0xc8, 0x42, 0x10, 0xc3, 0xeb,
+    ];
+    v.extend_from_slice(&[0x34, 0x10]);
+    v.extend_from_slice(&guid);
+    v.extend_from_slice(&[0x35, 0x08]);
+    v.extend_from_slice(b"20991231");
+    v.extend_from_slice(&[0x3e, 0x00, 0xfe, 0x00]);
+    v
+}
+
+/// A Card Capability Container per SP 800-73-4 Part 1 Table 8 with a random card
+/// identifier (0xF0: GSC-IS RID A000000116, manufacturer 0xFF, card type 0x02, 14 bytes).
+fn ccc_bytes(card_id: [u8; 14]) -> Vec<u8> {
+    let mut v = vec![0xf0, 0x15, 0xa0, 0x00, 0x00, 0x01, 0x16, 0xff, 0x02];
+    v.extend_from_slice(&card_id);
+    v.extend_from_slice(&[
+        0xf1, 0x01, 0x21, 0xf2, 0x01, 0x21, 0xf3, 0x00, 0xf4, 0x01, 0x00, 0xf5, 0x01, 0x10, 0xf6,
+        0x00, 0xf7, 0x00, 0xfa, 0x00, 0xfb, 0x00, 0xfc, 0x00, 0xfd, 0x00, 0xfe, 0x00,
+    ]);
+    v
+}
+
+impl YubiKeyToken {
+    fn object_present(&mut self, id: u32) -> Result<bool, TokenError> {
+        match self.yk.fetch_object(id) {
+            Ok(data) => Ok(!data.is_empty()),
+            Err(yubikey::Error::NotFound) => Ok(false),
+            Err(e) => Err(map_err("read object", e)),
+        }
+    }
+}
+
+impl PivToken for YubiKeyToken {
+    fn info(&self) -> &TokenInfo {
+        &self.info
+    }
+
+    fn pin_retries(&mut self) -> Result<u8, TokenError> {
+        match self.yk.get_pin_retries() {
+            Ok(n) => Ok(n),
+            Err(yubikey::Error::PinLocked) => Ok(0),
+            Err(e) => Err(map_err("read PIN retries", e)),
+        }
+    }
+
+    fn puk_retries(&mut self) -> Result<Option<u8>, TokenError> {
+        if !self.info.version.has_metadata() {
+            return Ok(None);
+        }
+        match piv::metadata(&mut self.yk, SlotId::Management(ManagementSlotId::Puk)) {
+            Ok(m) => Ok(m.retries.map(|r| r.remaining_count)),
+            Err(yubikey::Error::NotSupported) => Ok(None),
+            Err(e) => Err(map_err("read PUK metadata", e)),
+        }
+    }
+
+    fn verify_pin(&mut self, pin: &Pin) -> Result<(), TokenError> {
+        self.yk
+            .verify_pin(pin.expose().as_bytes())
+            .map_err(|e| map_err("verify PIN", e))
+    }
+
+    fn mgm_key_state(&mut self) -> Result<MgmKeyState, TokenError> {
+        let protected = match self.yk.config() {
+            Ok(c) => c.mgm_type == MgmType::Protected,
+            Err(yubikey::Error::NotFound) => false,
+            Err(e) => return Err(map_err("read ADMIN DATA", e)),
+        };
+        let (algorithm, default) = if self.info.version.has_metadata() {
+            match piv::metadata(&mut self.yk, SlotId::Management(ManagementSlotId::Management)) {
+                Ok(m) => {
+                    let alg = match m.algorithm {
+                        SlotAlgorithmId::Management(a) => Some(match a {
+                            MgmAlgorithmId::ThreeDes => MgmAlgorithm::TripleDes,
+                            MgmAlgorithmId::Aes128 => MgmAlgorithm::Aes128,
+                            MgmAlgorithmId::Aes192 => MgmAlgorithm::Aes192,
+                            MgmAlgorithmId::Aes256 => MgmAlgorithm::Aes256,
+                        }),
+                        _ => None,
+                    };
+                    (alg, m.default)
+                }
+                Err(_) => (None, None),
+            }
+        } else {
+            // Before 5.3 (and before AES in 5.4) every management key is 3DES.
+            (
+                (self.info.version < FirmwareVersion::new(5, 4, 0))
+                    .then_some(MgmAlgorithm::TripleDes),
+                None,
+            )
+        };
+        Ok(MgmKeyState {
+            algorithm,
+            protected,
+            default,
+        })
+    }
+
+    fn protected_mgm_key(&mut self) -> Result<Option<MgmKeyHex>, TokenError> {
+        // PRINTED = 53 { 88 { 89 <key> } } (Yubico PIV tool source layout); readable only
+        // after VERIFY PIN, so a refusal here means the PIN was not verified.
+        let data = match self.yk.fetch_object(OBJ_PRINTED) {
+            Ok(d) => d,
+            Err(yubikey::Error::NotFound) => return Ok(None),
+            Err(yubikey::Error::GenericError) => return Ok(None),
+            Err(e) => return Err(map_err("read PIN-protected data", e)),
+        };
+        let key = find_tlv(&data, 0x88).and_then(|inner| find_tlv(inner, 0x89));
+        Ok(key
+            .filter(|k| matches!(k.len(), 16 | 24 | 32))
+            .map(|k| MgmKeyHex::new(hex::encode(k))))
+    }
+
+    fn authenticate(&mut self, key: &MgmKeyHex, alg: MgmAlgorithm) -> Result<(), TokenError> {
+        let bytes = Zeroizing::new(
+            hex::decode(key.expose().trim()).map_err(|_| TokenError::MgmKeyRejected)?,
+        );
+        let k = MgmKey::from_bytes(&*bytes, Some(mgm_alg_id(alg)))
+            .map_err(|_| TokenError::MgmKeyRejected)?;
+        match self.yk.authenticate(&k) {
+            Ok(()) => Ok(()),
+            Err(yubikey::Error::AuthenticationError) => Err(TokenError::MgmKeyRejected),
+            Err(e) => Err(map_err("authenticate management key", e)),
+        }
+    }
+
+    fn slot_key(&mut self, slot: Slot) -> Result<Option<SlotKey>, TokenError> {
+        if !self.info.version.has_metadata() {
+            return Err(self.unsupported("reading key metadata"));
+        }
+        match piv::metadata(&mut self.yk, slot_id(slot)) {
+            Ok(m) => {
+                let algorithm = match m.algorithm {
+                    SlotAlgorithmId::Asymmetric(a) => alg_from_id(a),
+                    _ => None,
+                };
+                let Some(algorithm) = algorithm else {
+                    return Ok(None);
+                };
+                Ok(Some(SlotKey {
+                    algorithm,
+                    pin_policy: m.policy.map(|(p, _)| match p {
+                        yubikey::PinPolicy::Never => PinPolicy::Never,
+                        yubikey::PinPolicy::Once => PinPolicy::Once,
+                        yubikey::PinPolicy::Always => PinPolicy::Always,
+                        _ => PinPolicy::Default,
+                    }),
+                    touch_policy: m.policy.map(|(_, t)| match t {
+                        yubikey::TouchPolicy::Never => TouchPolicy::Never,
+                        yubikey::TouchPolicy::Always => TouchPolicy::Always,
+                        yubikey::TouchPolicy::Cached => TouchPolicy::Cached,
+                        _ => TouchPolicy::Default,
+                    }),
+                    generated: m.origin.map(|o| o == piv::Origin::Generated),
+                    public_key: m.public,
+                }))
+            }
+            Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
+            Err(yubikey::Error::NotSupported) => Err(self.unsupported("reading key metadata")),
+            Err(e) => Err(map_err("read key metadata", e)),
+        }
+    }
+
+    fn read_certificate(&mut self, slot: Slot) -> Result<Option<Vec<u8>>, TokenError> {
+        match Certificate::read(&mut self.yk, slot_id(slot)) {
+            Ok(c) => c
+                .cert
+                .to_der()
+                .map(Some)
+                .map_err(|e| TokenError::Card {
+                    op: "read certificate",
+                    detail: e.to_string(),
+                }),
+            Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
+            Err(e) => Err(map_err("read certificate", e)),
+        }
+    }
+
+    fn generate_key(
+        &mut self,
+        slot: Slot,
+        alg: Algorithm,
+        pin: PinPolicy,
+        touch: TouchPolicy,
+    ) -> Result<SubjectPublicKeyInfoOwned, TokenError> {
+        if self.info.version < alg.min_firmware() {
+            return Err(self.unsupported(&format!("{alg} key generation")));
+        }
+        piv::generate(
+            &mut self.yk,
+            slot_id(slot),
+            alg_id(alg),
+            pin_policy(pin),
+            touch_policy(touch),
+        )
+        .map_err(|e| match e {
+            yubikey::Error::AuthenticationError => TokenError::Card {
+                op: "generate key",
+                detail: "the token refused: management key not authenticated".into(),
+            },
+            e => map_err("generate key", e),
+        })
+    }
+
+    fn sign_raw(
+        &mut self,
+        slot: Slot,
+        alg: Algorithm,
+        input: &[u8],
+    ) -> Result<Vec<u8>, TokenError> {
+        piv::sign_data(&mut self.yk, input, alg_id(alg), slot_id(slot))
+            .map(|b| b.to_vec())
+            .map_err(|e| match e {
+                yubikey::Error::AuthenticationError => TokenError::Card {
+                    op: "sign",
+                    detail: "the token refused: PIN (or touch) required".into(),
+                },
+                e => map_err("sign", e),
+            })
+    }
+
+    fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError> {
+        let cert = x509_cert::Certificate::from_der(der).map_err(|e| TokenError::Card {
+            op: "write certificate",
+            detail: e.to_string(),
+        })?;
+        Certificate { cert }
+            .write(
+                &mut self.yk,
+                slot_id(slot),
+                yubikey::certificate::CertInfo::Uncompressed,
+            )
+            .map_err(|e| map_err("write certificate", e))
+    }
+
+    fn ensure_chuid_ccc(&mut self) -> Result<bool, TokenError> {
+        use rand::RngCore;
+        let mut wrote = false;
+        if !self.object_present(OBJ_CHUID)? {
+            let mut guid = [0u8; 16];
+            rand::rng().fill_bytes(&mut guid);
+            let mut data = chuid_bytes(guid);
+            self.yk
+                .save_object(OBJ_CHUID, &mut data)
+                .map_err(|e| map_err("write CHUID", e))?;
+            wrote = true;
+        }
+        if !self.object_present(OBJ_CCC)? {
+            let mut id = [0u8; 14];
+            rand::rng().fill_bytes(&mut id);
+            let mut data = ccc_bytes(id);
+            self.yk
+                .save_object(OBJ_CCC, &mut data)
+                .map_err(|e| map_err("write CCC", e))?;
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    fn change_pin(&mut self, old: &Pin, new: &Pin) -> Result<(), TokenError> {
+        self.yk
+            .change_pin(old.expose().as_bytes(), new.expose().as_bytes())
+            .map_err(|e| map_err("change PIN", e))
+    }
+
+    fn change_puk(&mut self, old: &Puk, new: &Puk) -> Result<(), TokenError> {
+        self.yk
+            .change_puk(old.expose().as_bytes(), new.expose().as_bytes())
+            .map_err(|e| match e {
+                yubikey::Error::WrongPin { tries } => TokenError::WrongPuk { tries_left: tries },
+                yubikey::Error::PinLocked => TokenError::PukBlocked,
+                e => map_err("change PUK", e),
+            })
+    }
+
+    fn unblock_pin(&mut self, puk: &Puk, new: &Pin) -> Result<(), TokenError> {
+        self.yk
+            .unblock_pin(puk.expose().as_bytes(), new.expose().as_bytes())
+            .map_err(|e| match e {
+                yubikey::Error::WrongPin { tries } => TokenError::WrongPuk { tries_left: tries },
+                yubikey::Error::PinLocked => TokenError::PukBlocked,
+                e => map_err("unblock PIN", e),
+            })
+    }
+
+    fn set_mgm_key(
+        &mut self,
+        key: &MgmKeyHex,
+        alg: MgmAlgorithm,
+        protected: bool,
+    ) -> Result<(), TokenError> {
+        let bytes = Zeroizing::new(hex::decode(key.expose().trim()).map_err(|_| {
+            TokenError::Card {
+                op: "set management key",
+                detail: "not hex".into(),
+            }
+        })?);
+        let k = MgmKey::from_bytes(&*bytes, Some(mgm_alg_id(alg))).map_err(|e| {
+            map_err("set management key", e)
+        })?;
+        let r = if protected {
+            k.set_protected(&mut self.yk)
+        } else {
+            k.set_manual(&mut self.yk, false)
+        };
+        r.map_err(|e| map_err("set management key", e))
+    }
+}
+
+/// Parse a certificate's SubjectPublicKeyInfo (used by callers comparing keys).
+pub fn spki_of_cert(der: &[u8]) -> Option<SubjectPublicKeyInfoOwned> {
+    x509_cert::Certificate::from_der(der)
+        .ok()
+        .map(|c| c.tbs_certificate().subject_public_key_info().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlv_lookup() {
+        let data = [0x88, 0x05, 0x89, 0x03, 1, 2, 3, 0x90, 0x81, 0x01, 7];
+        let inner = find_tlv(&data, 0x88).expect("88");
+        assert_eq!(find_tlv(inner, 0x89), Some(&[1u8, 2, 3][..]));
+        assert_eq!(find_tlv(&data, 0x90), Some(&[7u8][..]));
+        assert_eq!(find_tlv(&data, 0x91), None);
+        assert_eq!(find_tlv(&[0x88, 0x05, 1], 0x88), None, "truncated value");
+    }
+
+    #[test]
+    fn chuid_and_ccc_have_spec_lengths() {
+        // CHUID: FASC-N 25 + GUID 16 + expiry 8 + 2 empty TLVs, with headers = 59 bytes.
+        assert_eq!(chuid_bytes([0; 16]).len(), 59);
+        // CCC: 51 bytes, as Yubico's tools write it.
+        assert_eq!(ccc_bytes([0; 14]).len(), 51);
+    }
+}
