@@ -18,8 +18,9 @@ pub enum Error {
     Token(#[from] TokenError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// Request building failures other than the token's (those become `Token`).
     #[error(transparent)]
-    Csr(#[from] CsrError),
+    Csr(CsrError),
     #[error("slot {slot} already holds {what}; pivault will not replace it without --force")]
     SlotOccupied { slot: Slot, what: String },
     #[error("slot {slot}: refused the certificate Vault issued: {source}")]
@@ -47,6 +48,15 @@ pub mod exit {
     pub const VAULT_UNAVAILABLE: u8 = 4;
     /// `renew --check`: a certificate is due for renewal.
     pub const RENEW_DUE: u8 = 10;
+}
+
+impl From<CsrError> for Error {
+    fn from(e: CsrError) -> Error {
+        match e {
+            CsrError::Token(t) => Error::Token(t),
+            other => Error::Csr(other),
+        }
+    }
 }
 
 impl Error {

@@ -8,6 +8,9 @@
 mod types;
 pub mod yubikey;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 pub use types::*;
 
 use crate::secret::{MgmKeyHex, Pin, Puk};
