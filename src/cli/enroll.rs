@@ -21,9 +21,6 @@ struct Progress {
 
 impl Observer for Progress {
     fn step(&mut self, slot: Slot, step: Step) {
-        if !self.on {
-            return;
-        }
         let what = match step {
             Step::Generating(a) if a.is_rsa() => {
                 format!("generating a {a} key on the token (this takes a few seconds)…")
@@ -33,7 +30,10 @@ impl Observer for Progress {
             Step::Requesting(r) => format!("asking Vault ({r}) for the certificate…"),
             Step::Importing => "verifying and importing the certificate…".into(),
         };
-        eprintln!("  slot {slot}: {what}");
+        log::info!("slot {slot}: {what}");
+        if self.on {
+            eprintln!("  slot {slot}: {what}");
+        }
     }
 }
 

@@ -1,5 +1,7 @@
-//! The test rig: real pcscd + virtual YubiKeys (card.rs) and a real OpenBao (vault.rs).
+//! The test rig: real pcscd + virtual YubiKeys (card.rs), a real OpenBao (vault.rs), and
+//! the real `pivault` binary and third-party clients (run.rs).
 #![allow(dead_code)]
 
 pub mod card;
+pub mod run;
 pub mod vault;

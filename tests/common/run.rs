@@ -1,0 +1,127 @@
+//! Running the real `pivault` binary and the third-party clients that cross-check it.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Environment variables that must not leak from the developer's shell into a test run.
+const SCRUB: &[&str] = &[
+    "VAULT_ADDR",
+    "VAULT_NAMESPACE",
+    "VAULT_CACERT",
+    "VAULT_TOKEN",
+    "VAULT_SKIP_VERIFY",
+    "BAO_ADDR",
+    "BAO_TOKEN",
+    "BAO_NAMESPACE",
+    "BAO_CACERT",
+    "PIVAULT_CONFIG",
+    "PIVAULT_PIN",
+    "PIVAULT_PIN_FILE",
+    "PIVAULT_PUK",
+    "PIVAULT_MGMT_KEY",
+    "PIVAULT_SECRET_ID",
+    "PIVAULT_SECRET_ID_FILE",
+    "PIVAULT_ROLE_ID",
+    "PIVAULT_TLS_SKIP_VERIFY",
+    "RUST_LOG",
+];
+
+/// `pivault` with a clean environment plus `env`.
+pub fn pivault(env: &[(String, String)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pivault"));
+    for k in SCRUB {
+        c.env_remove(k);
+    }
+    // An empty config, so a machine's /etc/pivault/config.toml cannot change a test.
+    c.env("PIVAULT_CONFIG", "/dev/null");
+    c.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    c.stdin(Stdio::null());
+    c
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Run a command, panicking with its output if it cannot start.
+pub fn run(mut c: Command) -> Output {
+    c.output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", c.get_program()))
+}
+
+/// Run and require success.
+pub fn ok(c: Command) -> Output {
+    let o = run(c);
+    assert!(o.status.success(), "command failed:\n{}", text(&o));
+    o
+}
+
+pub fn tool(name: &str) -> Command {
+    Command::new(name)
+}
+
+/// The certificate in a slot, as PEM, read by yubico-piv-tool (a third party).
+pub fn piv_tool_read_cert(reader: &str, slot: &str) -> String {
+    let mut c = tool("yubico-piv-tool");
+    c.args(["-r", reader, "-a", "read-certificate", "-s", slot]);
+    String::from_utf8_lossy(&ok(c).stdout).into_owned()
+}
+
+/// `openssl verify` of a PEM certificate against the root and intermediate.
+pub fn openssl_verify(cert_pem: &str, root: &Path, chain: &Path, dir: &Path) -> Output {
+    let f = dir.join("leaf.pem");
+    std::fs::write(&f, cert_pem).expect("write leaf");
+    let mut c = tool("openssl");
+    c.arg("verify")
+        .arg("-CAfile")
+        .arg(root)
+        .arg("-untrusted")
+        .arg(chain)
+        .arg(&f);
+    run(c)
+}
+
+/// SHA-256 fingerprint (lowercase hex, no colons) of a PEM certificate, by openssl.
+pub fn openssl_fingerprint(cert_pem: &str, dir: &Path) -> String {
+    let f = dir.join("fp.pem");
+    std::fs::write(&f, cert_pem).expect("write");
+    let mut c = tool("openssl");
+    c.args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&f);
+    let out = String::from_utf8_lossy(&ok(c).stdout).into_owned();
+    out.trim()
+        .split('=')
+        .nth(1)
+        .unwrap_or("")
+        .replace(':', "")
+        .to_lowercase()
+}
+
+/// `openssl x509 -text` of a PEM certificate.
+pub fn openssl_text(cert_pem: &str, dir: &Path) -> String {
+    let f = dir.join("text.pem");
+    std::fs::write(&f, cert_pem).expect("write");
+    let mut c = tool("openssl");
+    c.args(["x509", "-noout", "-text", "-in"]).arg(&f);
+    String::from_utf8_lossy(&ok(c).stdout).into_owned()
+}
+
+/// OpenSC's PKCS#11 module on this machine.
+pub fn opensc_module() -> String {
+    for p in [
+        "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
+        "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
+        "/usr/lib/arm-linux-gnueabihf/opensc-pkcs11.so",
+        "/usr/lib/opensc-pkcs11.so",
+        "/usr/lib64/opensc-pkcs11.so",
+    ] {
+        if Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    panic!("OpenSC's opensc-pkcs11.so not found: apt-get install opensc");
+}
