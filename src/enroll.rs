@@ -87,7 +87,8 @@ fn valid_duration(s: &str) -> bool {
 
 /// Where the management key comes from when the token keeps none PIN-protected.
 pub enum MgmKeySource {
-    Given(MgmKeyHex),
+    /// A key, with its algorithm when the source knows it (an escrow record does).
+    Given(MgmKeyHex, Option<MgmAlgorithm>),
     /// The factory default, allowed only by an explicit flag (the CLI warns).
     FactoryDefault,
 }
@@ -164,19 +165,19 @@ pub fn unlock(
     } else {
         None
     };
-    let key = match protected {
+    let (key, known_alg) = match protected {
         Some(k) => {
             log::info!("using the management key kept PIN-protected on the token");
-            k
+            (k, None)
         }
         None => match ask_mgm()? {
-            MgmKeySource::Given(k) => k,
+            MgmKeySource::Given(k, alg) => (k, alg),
             MgmKeySource::FactoryDefault => {
                 log::warn!(
                     "authenticating with the FACTORY DEFAULT management key: anyone can \
                      change this token's keys; set a new one (pivault station does)"
                 );
-                MgmKeyHex::new(DEFAULT_MGM_KEY_HEX)
+                (MgmKeyHex::new(DEFAULT_MGM_KEY_HEX), None)
             }
         },
     };
@@ -184,6 +185,7 @@ pub fn unlock(
         .map(|b| zeroize::Zeroizing::new(b).len())
         .map_err(|_| Error::Usage("the management key is not hex".into()))?;
     let alg = mgm_alg
+        .or(known_alg)
         .or(state.algorithm)
         .or_else(|| MgmAlgorithm::guess(len, token.info().version))
         .ok_or_else(|| {

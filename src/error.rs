@@ -72,6 +72,13 @@ impl Error {
             ) => exit::NEEDS_PERSON,
             Error::SlotOccupied { .. } => exit::NEEDS_PERSON,
             Error::Vault(v) if v.is_unavailable() => exit::VAULT_UNAVAILABLE,
+            // Wrong credentials, namespace, CA bundle or settings: fix the configuration.
+            Error::Vault(
+                VaultError::InvalidCredentials { .. }
+                | VaultError::NamespaceNotFound { .. }
+                | VaultError::Tls { .. }
+                | VaultError::Config(_),
+            ) => exit::USAGE,
             Error::Csr(CsrError::Subject(_)) => exit::USAGE,
             _ => exit::FAILED,
         }

@@ -41,6 +41,46 @@ pub enum Command {
     Status(TokenArgs),
     /// Generate keys on the token, have Vault certify them, import the certificates
     Enroll(Box<EnrollArgs>),
+    /// Renew certificates nearing expiry, with only the PIN (re-keys by default)
+    Renew(Box<RenewArgs>),
+    /// Unblock a blocked (or forgotten) PIN with the PUK escrowed in Vault, then rotate the PUK
+    Unblock(Box<UnblockArgs>),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    #[command(flatten)]
+    pub unlock: UnlockArgs,
+    /// Change nothing: print what is due and exit 10 if something is, 0 if not
+    #[arg(long)]
+    pub check: bool,
+    /// Certify the existing key again instead of generating a new one
+    #[arg(long)]
+    pub reuse_key: bool,
+    /// When a certificate is due: lifetime fraction elapsed (2/3, 0.75, 75%) or time left (30d)
+    #[arg(long, default_value = "2/3")]
+    pub threshold: String,
+    /// Only these slots (default: every slot holding a certificate from the configured CA)
+    #[arg(long = "slot")]
+    pub slots: Vec<String>,
+    /// Where unfinished renewals are journaled [default: $STATE_DIRECTORY, $XDG_STATE_HOME/pivault or ~/.local/state/pivault]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct UnblockArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// File holding the new PIN, owner-only (`-` = stdin) [env: PIVAULT_NEW_PIN(_FILE)]; asked twice on a terminal otherwise
+    #[arg(long, value_name = "FILE")]
+    pub new_pin_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone, Default)]

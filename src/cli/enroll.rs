@@ -246,15 +246,16 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
             file: mgm_file.clone(),
         };
         if let Some(k) = secrets::read(&src)? {
-            return Ok(MgmKeySource::Given(MgmKeyHex::new(k.as_str())));
+            return Ok(MgmKeySource::Given(MgmKeyHex::new(k.as_str()), None));
         }
         if default_ok {
             return Ok(MgmKeySource::FactoryDefault);
         }
         if secrets::interactive() {
-            return Ok(MgmKeySource::Given(MgmKeyHex::new(
-                secrets::prompt("Management key (hex): ")?.as_str(),
-            )));
+            return Ok(MgmKeySource::Given(
+                MgmKeyHex::new(secrets::prompt("Management key (hex): ")?.as_str()),
+                None,
+            ));
         }
         Err(Error::Usage(
             "the token keeps no PIN-protected management key: set PIVAULT_MGMT_KEY or \

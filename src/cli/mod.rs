@@ -3,6 +3,7 @@
 
 mod args;
 mod enroll;
+mod renew;
 mod secrets;
 
 use args::{Cli, Command, TokenArgs};
@@ -65,6 +66,8 @@ pub fn run() -> ExitCode {
         Command::List => list(json),
         Command::Status(t) => status(t, json),
         Command::Enroll(a) => enroll::run(&cli, a),
+        Command::Renew(a) => renew::run(&cli, a),
+        Command::Unblock(a) => renew::unblock(&cli, a),
     };
     r.unwrap_or_else(|e| fail(&e, json))
 }
