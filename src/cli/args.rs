@@ -15,7 +15,7 @@ Exit codes:
 
 Secrets are read from environment variables, from files readable only by their owner,
 or from a prompt; never from the command line:
-  PIVAULT_PIN[_FILE]  PIVAULT_PUK[_FILE]  PIVAULT_MGMT_KEY[_FILE]  PIVAULT_SECRET_ID[_FILE]";
+  PIVAULT_PIN[_FILE]  PIVAULT_NEW_PIN[_FILE]  PIVAULT_MGMT_KEY[_FILE]  PIVAULT_SECRET_ID[_FILE]";
 
 #[derive(Debug, Parser)]
 #[command(name = "pivault", version, about = "Enroll YubiKey PIV tokens against Vault / OpenBao PKI", after_help = EXIT_CODES)]

@@ -28,7 +28,15 @@ fn init_logging(verbose: u8) {
     let capped = level.min(log::LevelFilter::Debug);
     env_logger::Builder::new()
         .filter_level(level)
-        .filter_module("yubikey", capped)
+        // The crate logs an ERROR for every empty reader it tries: noise below -vv.
+        .filter_module(
+            "yubikey",
+            if verbose >= 2 {
+                capped
+            } else {
+                log::LevelFilter::Off
+            },
+        )
         .filter_module("pcsc", capped)
         .filter_module("reqwest", capped)
         .filter_module("hyper", capped)
