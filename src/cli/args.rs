@@ -45,6 +45,29 @@ pub enum Command {
     Renew(Box<RenewArgs>),
     /// Unblock a blocked (or forgotten) PIN with the PUK escrowed in Vault, then rotate the PUK
     Unblock(Box<UnblockArgs>),
+    /// Provisioning station: watch readers, enroll inserted tokens per a profile, escrow credentials
+    Station(Box<StationArgs>),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct StationArgs {
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Station profile (TOML): credentials policy, allow-list, slots and subject templates
+    #[arg(long, value_name = "FILE")]
+    pub profile: PathBuf,
+    /// Report file: one JSON line per token, appended and fsynced
+    #[arg(long, value_name = "FILE", default_value = "/var/lib/pivault/station-report.jsonl")]
+    pub report: PathBuf,
+    /// Journal directory for crash recovery [default: $STATE_DIRECTORY or /var/lib/pivault/journal]
+    #[arg(long, value_name = "DIR")]
+    pub journal_dir: Option<PathBuf>,
+    /// Stop after this many tokens
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Stop when idle (no token in flight, no reader event) this many seconds
+    #[arg(long, value_name = "SECS")]
+    pub idle_exit: Option<u64>,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -5,6 +5,7 @@ mod args;
 mod enroll;
 mod renew;
 mod secrets;
+mod station;
 
 use args::{Cli, Command, TokenArgs};
 use clap::Parser;
@@ -76,6 +77,7 @@ pub fn run() -> ExitCode {
         Command::Enroll(a) => enroll::run(&cli, a),
         Command::Renew(a) => renew::run(&cli, a),
         Command::Unblock(a) => renew::unblock(&cli, a),
+        Command::Station(a) => station::run(&cli, a),
     };
     r.unwrap_or_else(|e| fail(&e, json))
 }

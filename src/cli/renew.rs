@@ -15,7 +15,7 @@ use pivault::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn connect(cli: &Cli, v: &VaultArgs) -> Result<(VaultSettings, VaultIssuer), Error> {
+pub fn connect(cli: &Cli, v: &VaultArgs) -> Result<(VaultSettings, VaultIssuer), Error> {
     let file = super::load_config(cli)?;
     let settings = super::vault_settings(&file, v)?;
     let role_id = settings.role_id.clone().ok_or_else(|| {
