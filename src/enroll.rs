@@ -126,6 +126,26 @@ pub enum Step {
     Importing,
 }
 
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Generating(a) if a.is_rsa() => {
+                write!(f, "generating a {a} key on the token (this takes a few seconds)")
+            }
+            Step::Generating(a) => write!(f, "generating a {a} key on the token"),
+            Step::SigningCsr => f.write_str("signing the certificate request on the token"),
+            Step::Requesting(r) => write!(f, "asking Vault ({r}) for the certificate"),
+            Step::Importing => f.write_str("verifying and importing the certificate"),
+        }
+    }
+}
+
+/// Log a step (at info, so `-v` shows progress in logs and journald) and tell the observer.
+fn step(token: &dyn PivToken, obs: &mut dyn Observer, slot: Slot, s: Step) {
+    log::info!("token {} slot {slot}: {s}", token.info().serial);
+    obs.step(slot, s);
+}
+
 /// Hooks for progress display and for crash-safe callers (the station journals the key
 /// and the issued certificate so a re-run re-imports instead of issuing again).
 pub trait Observer {
@@ -293,7 +313,7 @@ pub fn enroll_slot(
 ) -> Result<Accepted, Error> {
     let key = match key {
         KeyChoice::Generate => {
-            obs.step(sp.slot, Step::Generating(sp.algorithm));
+            step(token, obs, sp.slot, Step::Generating(sp.algorithm));
             // DESTRUCTIVE: replaces the slot's private key.
             let k = token.generate_key(sp.slot, sp.algorithm, sp.pin_policy, sp.touch_policy)?;
             obs.generated(sp.slot, &k)?;
@@ -301,16 +321,16 @@ pub fn enroll_slot(
         }
         KeyChoice::Existing(k) => k,
     };
-    obs.step(sp.slot, Step::SigningCsr);
+    step(token, obs, sp.slot, Step::SigningCsr);
     // Slots with PIN policy "always" (9c by default) want the PIN right before each use.
     token.verify_pin(pin)?;
     let csr = csr::build_and_sign(token, sp.slot, &key, &sp.subject)?;
-    obs.step(sp.slot, Step::Requesting(sp.role));
+    step(token, obs, sp.slot, Step::Requesting(sp.role));
     let issued = ctx
         .issuer
         .issue(sp.role, &csr.pem, &sp.subject, sp.ttl.as_deref())?;
     obs.issued(sp.slot, &issued)?;
-    obs.step(sp.slot, Step::Importing);
+    step(token, obs, sp.slot, Step::Importing);
     import_issued(token, ctx, sp, &key, &issued)
 }
 

@@ -183,11 +183,17 @@ pub fn current(token: &mut dyn PivToken, ca_subjects: &[String]) -> Result<Vec<C
 /// A local journal of keys generated but not yet certified, one file per token and slot.
 pub struct Journal {
     dir: PathBuf,
+    /// Test hook: abort the process right after a new key is journaled ("generate"), as a
+    /// power cut would.
+    pub abort_after: Option<String>,
 }
 
 impl Journal {
     pub fn new(dir: &Path) -> Journal {
-        Journal { dir: dir.to_path_buf() }
+        Journal {
+            dir: dir.to_path_buf(),
+            abort_after: None,
+        }
     }
 
     fn path(&self, serial: u32, slot: Slot) -> PathBuf {
@@ -260,7 +266,12 @@ struct JournalObserver<'a> {
 
 impl Observer for JournalObserver<'_> {
     fn generated(&mut self, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
-        self.journal.record(self.serial, slot, key)
+        self.journal.record(self.serial, slot, key)?;
+        if self.journal.abort_after.as_deref() == Some("generate") {
+            log::warn!("test hook: aborting after 'generate'");
+            std::process::abort();
+        }
+        Ok(())
     }
 }
 

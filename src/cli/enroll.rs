@@ -21,18 +21,8 @@ struct Progress {
 
 impl Observer for Progress {
     fn step(&mut self, slot: Slot, step: Step) {
-        let what = match step {
-            Step::Generating(a) if a.is_rsa() => {
-                format!("generating a {a} key on the token (this takes a few seconds)…")
-            }
-            Step::Generating(a) => format!("generating a {a} key on the token…"),
-            Step::SigningCsr => "signing the certificate request on the token…".into(),
-            Step::Requesting(r) => format!("asking Vault ({r}) for the certificate…"),
-            Step::Importing => "verifying and importing the certificate…".into(),
-        };
-        log::info!("slot {slot}: {what}");
         if self.on {
-            eprintln!("  slot {slot}: {what}");
+            eprintln!("  slot {slot}: {step}…");
         }
     }
 }

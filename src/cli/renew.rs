@@ -75,7 +75,8 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     }
     let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
     let serial = token.info().serial;
-    let journal = Journal::new(&state_dir(a));
+    let mut journal = Journal::new(&state_dir(a));
+    journal.abort_after = std::env::var("PIVAULT_TEST_ABORT_AFTER").ok();
     let certs: Vec<_> = renew::current(&mut token, &ca_subjects)?
         .into_iter()
         .filter(|c| only.is_empty() || only.contains(&c.slot))

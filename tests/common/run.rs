@@ -125,3 +125,48 @@ pub fn opensc_module() -> String {
     }
     panic!("OpenSC's opensc-pkcs11.so not found: apt-get install opensc");
 }
+
+/// Sign with the slot's key through OpenSC and verify with the certificate in the slot:
+/// proves the certificate and the private key belong together.
+pub fn slot_key_matches_cert(reader: &str, slot: &str, pin: &str, dir: &Path) -> bool {
+    let id = match slot {
+        "9a" => "01",
+        "9c" => "02",
+        "9d" => "03",
+        "9e" => "04",
+        other => panic!("no OpenSC id for slot {other}"),
+    };
+    let pem = piv_tool_read_cert(reader, slot);
+    let cert = dir.join("match.pem");
+    std::fs::write(&cert, &pem).expect("write");
+    let mut c = tool("openssl");
+    c.args(["x509", "-pubkey", "-noout", "-in"]).arg(&cert);
+    let pubkey = dir.join("match.pub");
+    std::fs::write(&pubkey, ok(c).stdout).expect("pub");
+    let data = dir.join("match.data");
+    std::fs::write(&data, b"does the key match?").expect("data");
+    let sig = dir.join("match.sig");
+    let rsa = String::from_utf8_lossy(&std::fs::read(&pubkey).unwrap_or_default()).len() > 300;
+    let mut c = tool("pkcs11-tool");
+    c.args(["--module", &opensc_module(), "--slot-description", reader]);
+    c.args(["--login", "--pin", pin, "--sign", "--id", id]);
+    if rsa {
+        c.args(["-m", "SHA256-RSA-PKCS"]);
+    } else {
+        c.args(["-m", "ECDSA-SHA256", "--signature-format", "openssl"]);
+    }
+    c.arg("-i").arg(&data).arg("-o").arg(&sig);
+    ok(c);
+    let mut c = tool("openssl");
+    c.args(["dgst", "-sha256", "-verify"]).arg(&pubkey).arg("-signature").arg(&sig).arg(&data);
+    run(c).status.success()
+}
+
+/// The public key of a PEM certificate, as PEM (openssl).
+pub fn openssl_pubkey(cert_pem: &str, dir: &Path) -> String {
+    let f = dir.join("pk.pem");
+    std::fs::write(&f, cert_pem).expect("write");
+    let mut c = tool("openssl");
+    c.args(["x509", "-pubkey", "-noout", "-in"]).arg(&f);
+    String::from_utf8_lossy(&ok(c).stdout).into_owned()
+}

@@ -1,0 +1,253 @@
+//! `pivault station` on the rig: several virtual tokens, real pcscd, real OpenBao with the
+//! contract's least-privilege policy; kill tests at each step boundary.
+
+mod common;
+
+use common::card::Card;
+use common::run::{self, pivault, text};
+use common::vault::Vault;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    profile: PathBuf,
+    report: PathBuf,
+    journal: PathBuf,
+}
+
+fn setup(serials: &[u32]) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list: String = serials
+        .iter()
+        .map(|s| format!("[[token]]\nserial = {s}\nname = \"User {s}\"\nemail = \"user{s}@example.org\"\n"))
+        .collect();
+    std::fs::write(dir.path().join("tokens.toml"), list).expect("allow-list");
+    let profile = dir.path().join("station.toml");
+    std::fs::write(
+        &profile,
+        r#"
+[credentials]
+pin_length = 8
+puk_length = 8
+mgmt_key = "best"
+protect_mgmt_key = true
+
+[tokens]
+allow_list = "tokens.toml"
+
+common_name = "{name}"
+email = "{email}"
+
+[[slot]]
+slot = "9a"
+
+[[slot]]
+slot = "9d"
+"#,
+    )
+    .expect("profile");
+    Setup {
+        report: dir.path().join("report.jsonl"),
+        journal: dir.path().join("journal"),
+        profile,
+        dir,
+    }
+}
+
+fn station(vault: &Vault, s: &Setup, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut e = vault.pivault_env();
+    e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut c = pivault(&e);
+    c.args(["-v", "station", "--profile"]).arg(&s.profile);
+    c.arg("--report").arg(&s.report).arg("--journal-dir").arg(&s.journal);
+    c.args(extra);
+    run::run(c)
+}
+
+fn report_lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("report line is JSON"))
+        .collect()
+}
+
+fn escrow(vault: &Vault, serial: u32) -> Value {
+    let o = vault.bao(&["kv", "get", "-format=json", &format!("yubikeys/{serial}")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    v["data"]["data"].clone()
+}
+
+fn pin_verifies(card: &Card, pin: &str) -> bool {
+    let mut c = run::tool("yubico-piv-tool");
+    c.args(["-r", &card.reader, "-a", "verify-pin", "-P", pin]);
+    run::run(c).status.success()
+}
+
+/// The token is fully enrolled per the profile: certificates in 9a and 9d match the
+/// escrow record, and the escrowed PIN is the live one.
+fn assert_enrolled(vault: &Vault, card: &Card) {
+    let rec = escrow(vault, card.serial);
+    assert_eq!(rec["state"]["enrolled"], true, "{rec}");
+    assert!(rec.get("pending").is_none() || rec["pending"].is_null(), "{rec}");
+    let pin = rec["live"]["pin"].as_str().expect("escrowed PIN");
+    assert_ne!(pin, "123456");
+    assert!(pin_verifies(card, pin), "escrowed PIN does not verify");
+    let dir = tempfile::tempdir().expect("tmp");
+    for slot in ["9a", "9d"] {
+        let pem = run::piv_tool_read_cert(&card.reader, slot);
+        let want = rec["state"]["slots"][slot]["certificate_pem"].as_str().expect("recorded cert");
+        assert_eq!(
+            run::openssl_fingerprint(&pem, dir.path()),
+            run::openssl_fingerprint(want, dir.path()),
+            "slot {slot}"
+        );
+    }
+}
+
+#[test]
+fn two_tokens_enrolled_concurrently_with_escrowed_credentials() {
+    let vault = Vault::start();
+    let a = Card::start();
+    let b = Card::start();
+    let s = setup(&[a.serial, b.serial]);
+    let o = station(&vault, &s, &["--max-tokens", "2", "--idle-exit", "60"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines = report_lines(&s.report);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for card in [&a, &b] {
+        let l = lines
+            .iter()
+            .find(|l| l["serial"] == card.serial)
+            .unwrap_or_else(|| panic!("no line for {}", card.serial));
+        assert_eq!(l["result"], "enrolled", "{l}");
+        assert_eq!(l["reader"], card.reader.as_str());
+        assert_eq!(l["slots"].as_array().map(Vec::len), Some(2));
+        assert!(l["record_version"].as_u64().unwrap_or(0) >= 2, "{l}");
+        assert_enrolled(&vault, card);
+        let dir = tempfile::tempdir().expect("tmp");
+        for sl in l["slots"].as_array().expect("slots") {
+            let pem = run::piv_tool_read_cert(&card.reader, sl["slot"].as_str().expect("slot"));
+            assert_eq!(run::openssl_fingerprint(&pem, dir.path()), sl["sha256_fingerprint"].as_str().expect("fp"));
+        }
+    }
+    assert_eq!(vault.issued_cert_count(), 4);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("1 AppRole login(s)"), "{err}");
+
+    // A second run leaves both alone.
+    let o = station(&vault, &s, &["--max-tokens", "2", "--idle-exit", "30"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines = report_lines(&s.report);
+    assert_eq!(lines[2]["result"], "already-enrolled");
+    assert_eq!(lines[3]["result"], "already-enrolled");
+    assert_eq!(vault.issued_cert_count(), 4);
+}
+
+#[test]
+fn killed_at_each_step_boundary_then_resumed() {
+    let vault = Vault::start();
+    for step in ["escrow", "generate", "sign", "import"] {
+        let card = Card::start();
+        let s = setup(&[card.serial]);
+        let before = vault.issued_cert_count();
+        let o = station(&vault, &s, &["--max-tokens", "1", "--idle-exit", "60"], &[("PIVAULT_TEST_ABORT_AFTER", step)]);
+        assert!(!o.status.success(), "step {step}: the hook did not fire\n{}", text(&o));
+        let o = station(&vault, &s, &["--max-tokens", "1", "--idle-exit", "60"], &[]);
+        assert!(o.status.success(), "step {step}: {}", text(&o));
+        let lines = report_lines(&s.report);
+        let last = lines.last().expect("line");
+        assert_eq!(last["result"], "resumed", "step {step}: {last}");
+        assert_enrolled(&vault, &card);
+        let issued = vault.issued_cert_count() - before;
+        assert!(issued <= 2, "step {step}: Vault issued {issued} certificates for 2 slots");
+        assert_eq!(issued, 2, "step {step}");
+    }
+}
+
+#[test]
+fn unknown_serial_is_refused_and_untouched() {
+    let vault = Vault::start();
+    let card = Card::start();
+    let s = setup(&[1]);
+    let o = station(&vault, &s, &["--max-tokens", "1", "--idle-exit", "30"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let lines = report_lines(&s.report);
+    assert_eq!(lines[0]["result"], "refused", "{:?}", lines);
+    assert!(pin_verifies(&card, "123456"), "the token's PIN changed");
+    assert_eq!(vault.issued_cert_count(), 0);
+}
+
+#[test]
+fn pulled_token_resumes_when_reinserted() {
+    use std::io::{BufRead, BufReader};
+    let vault = Vault::start();
+    let mut card = Card::start();
+    let s = setup(&[card.serial]);
+    let mut c = pivault(&vault.pivault_env());
+    c.args(["-v", "station", "--profile"]).arg(&s.profile);
+    c.arg("--report").arg(&s.report).arg("--journal-dir").arg(&s.journal);
+    c.args(["--max-tokens", "2", "--idle-exit", "60"]);
+    c.stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("station");
+    let mut seen = String::new();
+    let mut pulled = false;
+    for line in BufReader::new(child.stderr.take().expect("stderr")).lines() {
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if !pulled && line.contains("slot 9d") {
+            card.remove();
+            pulled = true;
+        }
+        if pulled && line.contains(" removed ") {
+            card.insert();
+        }
+    }
+    let st = child.wait().expect("wait");
+    let lines = report_lines(&s.report);
+    assert_eq!(lines.len(), 2, "{seen}");
+    assert_eq!(lines[0]["result"], "removed", "{seen}");
+    assert_eq!(lines[1]["result"], "resumed", "{seen}");
+    assert_eq!(st.code(), Some(1), "one token report failed: {seen}");
+    assert_enrolled(&vault, &card);
+}
+
+#[test]
+fn sealed_vault_makes_a_token_wait_and_recover() {
+    use std::io::{BufRead, BufReader};
+    let vault = Vault::start();
+    let s = setup(&[]);
+    // Allow any serial for this one.
+    let p = std::fs::read_to_string(&s.profile).expect("profile").replace(
+        "allow_list = \"tokens.toml\"",
+        "allow_unknown = true",
+    ).replace("{name}", "Token {serial}").replace("email = \"{email}\"\n", "");
+    std::fs::write(&s.profile, p).expect("profile");
+    let mut c = pivault(&vault.pivault_env());
+    c.args(["-v", "station", "--profile"]).arg(&s.profile);
+    c.arg("--report").arg(&s.report).arg("--journal-dir").arg(&s.journal);
+    c.args(["--max-tokens", "1", "--idle-exit", "120"]);
+    c.stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("station");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // Logged in; now Vault goes away for a while and a token arrives.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    vault.seal();
+    let card = Card::start();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    vault.unseal();
+    let mut seen = String::new();
+    for l in lines.by_ref() {
+        seen.push_str(&l.expect("line"));
+        seen.push('\n');
+    }
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "{seen}");
+    let r = report_lines(&s.report);
+    assert_eq!(r[0]["result"], "enrolled", "{seen}");
+    assert_eq!(r[0]["serial"], card.serial);
+}
