@@ -245,11 +245,10 @@ fn vault_failures_are_one_actionable_line_and_leave_the_token_alone() {
     assert!(error_line(&o).contains("invalid role or secret ID"), "{}", text(&o));
 
     // An AppRole whose policy lacks the sign path: the refused path is named.
-    let nosign = vault.dir.join("nosign");
-    let read = |f: &str| std::fs::read_to_string(nosign.join(f)).expect("nosign creds").trim().to_string();
-    let mut env = with("PIVAULT_ROLE_ID", &read("role_id"));
+    let (nosign_role, nosign_secret) = vault.nosign.clone().expect("test roles provisioned");
+    let mut env = with("PIVAULT_ROLE_ID", &nosign_role);
     env.retain(|(k, _)| k != "PIVAULT_SECRET_ID");
-    env.push(("PIVAULT_SECRET_ID".into(), read("secret_id")));
+    env.push(("PIVAULT_SECRET_ID".into(), nosign_secret));
     let o = run::run(enroll_cmd(&card, &env, &slot));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let line = error_line(&o);
