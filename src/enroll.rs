@@ -416,9 +416,9 @@ pub fn enroll(
 ) -> Result<Outcome, Error> {
     plan.validate()?;
     plan.check_token(token)?;
-    let roles: BTreeSet<&'static str> = plan.slots.iter().map(|s| s.role.name()).collect();
+    let mut asked = BTreeSet::new();
     for sp in &plan.slots {
-        if roles.contains(sp.role.name()) {
+        if asked.insert(sp.role.name()) {
             ctx.issuer.preflight(sp.role)?;
         }
     }

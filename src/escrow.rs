@@ -179,12 +179,10 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let c = Credentials {
-            pin: Some("482913".into()),
-            puk: Some("12345678".into()),
-            mgmt_key: Some("aabb".into()),
-            ..Default::default()
-        };
+        let mut c = Credentials::default();
+        c.pin = Some("482913".into());
+        c.puk = Some("12345678".into());
+        c.mgmt_key = Some("aabb".into());
         let d = format!("{c:?}");
         assert!(!d.contains("482913") && !d.contains("12345678") && !d.contains("aabb"), "{d}");
     }

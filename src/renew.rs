@@ -286,8 +286,11 @@ pub fn renew(
 ) -> Result<enroll::Outcome, Error> {
     let info = token.info().clone();
     // Vault first: a refusal here leaves every slot as it was.
+    let mut asked = std::collections::BTreeSet::new();
     for c in todo {
-        ctx.issuer.preflight(c.role)?;
+        if asked.insert(c.role.name()) {
+            ctx.issuer.preflight(c.role)?;
+        }
     }
     let mut report = EnrollReport {
         schema: SCHEMA_VERSION,
@@ -359,7 +362,10 @@ mod tests {
     fn due_moments() {
         let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let na = nb + Duration::from_secs(300);
-        assert_eq!(due_at(nb, na, Threshold::Fraction(2.0 / 3.0)), nb + Duration::from_secs(200));
+        assert_eq!(due_at(nb, na, Threshold::Fraction(0.5)), nb + Duration::from_secs(150));
+        let two_thirds = due_at(nb, na, Threshold::default());
+        let off = two_thirds.duration_since(nb + Duration::from_secs(200)).unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_millis(1), "{off:?}");
         assert_eq!(due_at(nb, na, Threshold::Remaining(Duration::from_secs(60))), nb + Duration::from_secs(240));
         assert_eq!(due_at(nb, na, Threshold::Remaining(Duration::from_secs(600))), nb);
     }

@@ -512,8 +512,11 @@ impl Station<'_> {
             force: true,
         }
         .check_token(token)?;
+        let mut asked = BTreeSet::new();
         for sp in &plan {
-            self.issuer_preflight(sp)?;
+            if asked.insert(sp.role.name()) {
+                enroll::Issuer::preflight(self.issuer, sp.role)?;
+            }
         }
         let client = self.issuer.client();
         let mut rec = escrow::read(client, serial)?.unwrap_or(Versioned {
@@ -613,10 +616,6 @@ impl Station<'_> {
         line.record_version = Some(rec.version);
         line.result = if resumed { "resumed".into() } else { "enrolled".into() };
         Ok(())
-    }
-
-    fn issuer_preflight(&self, sp: &SlotPlan) -> Result<(), Error> {
-        enroll::Issuer::preflight(self.issuer, sp.role)
     }
 }
 

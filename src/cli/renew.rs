@@ -174,10 +174,8 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             rec.record.live.mgm_algorithm(),
         ))
     };
-    // Vault first (login done; policy and role now), then the token.
-    for c in &todo {
-        enroll::Issuer::preflight(&issuer, c.role)?;
-    }
+    // Vault is asked (policy, role) inside renew::renew before any key is generated;
+    // unlocking first only reads the PIN counter and authenticates.
     enroll::unlock(&mut token, &pin, mgm_alg, &mut ask_mgm)?;
     let ctx = Context {
         issuer: &issuer,
