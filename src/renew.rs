@@ -69,7 +69,7 @@ pub fn due_at(nb: SystemTime, na: SystemTime, t: Threshold) -> SystemTime {
     let life = na.duration_since(nb).unwrap_or_default();
     match t {
         Threshold::Fraction(f) => nb + life.mul_f64(f),
-        Threshold::Remaining(d) => na.checked_sub(d).unwrap_or(nb),
+        Threshold::Remaining(d) => na.checked_sub(d).filter(|t| *t >= nb).unwrap_or(nb),
     }
 }
 
