@@ -1,0 +1,816 @@
+//! HTTP to Vault: TLS policy, headers, timeouts, the retry loop, redirects, failover.
+//!
+//! One `reqwest::blocking::Client` (a keep-alive pool over rustls) serves every request:
+//! a client that keeps its connection signs ~4× faster than one that reconnects
+//! (openbao-facts.md, "Speed").
+//!
+//! Retry rules, from what an HA cluster does (openbao-facts.md, "HA behaviour"):
+//! - an answer of 429/5xx (standby, sealed, no leader) and a failed connection are retried,
+//!   on the next configured address, with exponential backoff and jitter once every address
+//!   was tried, until the operation's deadline;
+//! - a timeout or a connection lost after the request was sent is retried only for requests
+//!   that are safe to repeat: a second `sign` would issue a second certificate;
+//! - sealed on every address stops at once: unsealing needs a person, waiting does not help;
+//! - 307/308 is followed by hand (reqwest's policy would drop the body), with the same
+//!   method, body and headers (token, namespace), at most [`MAX_REDIRECTS`] hops, never
+//!   from https to http.
+
+use super::error::{from_response, is_transient_status, ErrCtx, ReqKind, VaultError};
+use crate::secret::VaultToken;
+use reqwest::blocking::{Body, Client, Response};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION};
+use reqwest::Method;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use url::Url;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Redirect hops followed for one attempt (standby → leader needs one).
+pub(crate) const MAX_REDIRECTS: usize = 3;
+/// Answers larger than this are refused: Vault's are a few KiB.
+const MAX_BODY: usize = 4 << 20;
+/// Below this much time left, another attempt cannot succeed.
+const MIN_ATTEMPT: Duration = Duration::from_millis(20);
+/// Backoff: first delay, and the ceiling.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A request body.
+pub(crate) enum Payload {
+    None,
+    /// Not secret (a CSR, an empty object).
+    Json(Vec<u8>),
+    /// Holds a secret (login, KV data): our copy is zeroized on drop, and each attempt
+    /// streams from it instead of handing reqwest an owned copy it would free unzeroized.
+    /// (Buffers inside hyper and rustls are beyond our reach.)
+    Secret(Arc<Zeroizing<Vec<u8>>>),
+}
+
+/// One API call.
+pub(crate) struct Request<'a> {
+    pub method: Method,
+    /// Below `/v1/`, without the namespace, e.g. `pki/sign/yubikey-piv`. Validated by the
+    /// caller; each segment is percent-encoded here.
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body: &'a Payload,
+    pub token: Option<&'a VaultToken>,
+    /// Send `X-Vault-Namespace` (everything but `sys/health`, which refuses it with 400).
+    pub namespace: bool,
+    /// Safe to repeat after a timeout or a lost connection.
+    pub idempotent: bool,
+    pub kind: ReqKind,
+}
+
+/// Vault's answer: status, body (zeroized on drop: it may hold a token or KV data), and the
+/// address that gave it.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Zeroizing<Vec<u8>>,
+    pub addr: String,
+}
+
+pub(crate) struct Http {
+    client: Client,
+    addrs: Vec<Url>,
+    namespace: Option<String>,
+    request_timeout: Duration,
+    /// The address that answered last: later calls start there.
+    preferred: AtomicUsize,
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// TLS settings, checked before anything is built.
+pub(crate) struct TlsSettings<'a> {
+    pub ca_bundle_pem: Option<&'a [u8]>,
+    pub skip_verify: bool,
+}
+
+impl Http {
+    pub fn new(
+        addrs: Vec<Url>,
+        namespace: Option<String>,
+        tls: TlsSettings<'_>,
+        request_timeout: Duration,
+    ) -> Result<Http, VaultError> {
+        if addrs.is_empty() {
+            return Err(VaultError::Config("no Vault address".into()));
+        }
+        for a in &addrs {
+            if !matches!(a.scheme(), "http" | "https") || a.host_str().is_none() {
+                return Err(VaultError::Config(format!(
+                    "Vault address '{a}' must be http(s)://host[:port]"
+                )));
+            }
+            if a.scheme() == "http" && !is_loopback(a) {
+                log::warn!(
+                    "Vault address {a} is plain HTTP: the token and secrets cross the network \
+                     unencrypted"
+                );
+            }
+        }
+        if let Some(ns) = &namespace {
+            if HeaderValue::from_str(ns).is_err() || ns.is_empty() {
+                return Err(VaultError::Config(format!(
+                    "namespace '{ns}' is not a valid name"
+                )));
+            }
+        }
+        if request_timeout.is_zero() {
+            return Err(VaultError::Config(
+                "the request timeout must be above zero".into(),
+            ));
+        }
+        let mut b = Client::builder()
+            .use_rustls_tls()
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
+            // Redirects are followed by hand (see the module docs).
+            .redirect(reqwest::redirect::Policy::none())
+            // The library reads no environment: no HTTP(S)_PROXY, so a token never goes to a
+            // proxy nobody configured here.
+            .no_proxy()
+            .user_agent(concat!("pivault/", env!("CARGO_PKG_VERSION")))
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_max_idle_per_host(8);
+        if let Some(pem) = tls.ca_bundle_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| VaultError::Config(format!("the CA bundle is not PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(VaultError::Config(
+                    "the CA bundle holds no certificate".into(),
+                ));
+            }
+            // Only the given bundle is trusted: a private CA must not widen to the system
+            // store, and the system store must not vouch for a Vault with a private CA.
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if tls.skip_verify {
+            log::warn!(
+                "TLS CERTIFICATE VERIFICATION IS OFF for Vault ({}): anyone on the path can \
+                 read the token and the secrets. Use only in development; give the CA bundle \
+                 instead (VAULT_CACERT / --ca-cert).",
+                addrs.iter().map(Url::as_str).collect::<Vec<_>>().join(", ")
+            );
+            b = b.danger_accept_invalid_certs(true);
+        }
+        let client = b.build().map_err(|e| {
+            VaultError::Config(format!("cannot build the HTTP client: {}", chain(&e)))
+        })?;
+        Ok(Http {
+            client,
+            addrs,
+            namespace,
+            request_timeout,
+            preferred: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        })
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    pub fn addrs(&self) -> &[Url] {
+        &self.addrs
+    }
+
+    /// Send `req`, retrying and failing over as the module docs say, until `deadline`.
+    /// Returns any non-transient answer (2xx, 4xx) for the caller to read; transient answers
+    /// that outlast the deadline come back as their error.
+    pub fn send(&self, req: &Request<'_>, deadline: Instant) -> Result<Answer, VaultError> {
+        let n = self.addrs.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let mut sealed = vec![false; n];
+        let mut attempt: u32 = 0;
+        let started = Instant::now();
+        loop {
+            let idx = (first + attempt as usize) % n;
+            let base = &self.addrs[idx];
+            let result = self.attempt(base, req, deadline).map_err(|e| match e {
+                // The deadline ran out before an attempt could start: say how long we tried.
+                VaultError::Timeout { path, after } if after.is_zero() => VaultError::Timeout {
+                    path,
+                    after: started.elapsed(),
+                },
+                e => e,
+            });
+            let err = match result {
+                Ok(ans) if !is_transient_status(ans.status) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(ans);
+                }
+                Ok(ans) => from_response(self.ctx(req, &ans.addr), ans.status, &ans.body),
+                Err(e) => e,
+            };
+            if let VaultError::Sealed { .. } = err {
+                sealed[idx] = true;
+            }
+            if !should_retry(&err, req.idempotent, &sealed) {
+                return Err(err);
+            }
+            attempt += 1;
+            // Every address once without waiting, then back off between rounds.
+            let delay = if !(attempt as usize).is_multiple_of(n) {
+                Duration::ZERO
+            } else {
+                backoff(attempt / n as u32, rand::random::<f64>())
+            };
+            let now = Instant::now();
+            if now + delay + MIN_ATTEMPT >= deadline {
+                return Err(err);
+            }
+            log::warn!(
+                "{err}; retrying{} (attempt {})",
+                if delay.is_zero() {
+                    String::new()
+                } else {
+                    format!(" in {} ms", delay.as_millis())
+                },
+                attempt + 1
+            );
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(delay);
+        }
+    }
+
+    fn ctx<'a>(&'a self, req: &Request<'a>, addr: &'a str) -> ErrCtx<'a> {
+        ErrCtx {
+            path: req.path,
+            addr,
+            namespace: self.namespace.as_deref(),
+            kind: req.kind,
+        }
+    }
+
+    /// One attempt against `base`, following redirects.
+    fn attempt(
+        &self,
+        base: &Url,
+        req: &Request<'_>,
+        deadline: Instant,
+    ) -> Result<Answer, VaultError> {
+        let mut url = api_url(base, req.path, req.query)?;
+        for _hop in 0..=MAX_REDIRECTS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < MIN_ATTEMPT {
+                return Err(VaultError::Timeout {
+                    path: req.path.to_string(),
+                    after: Duration::ZERO,
+                });
+            }
+            let timeout = self.request_timeout.min(left);
+            let addr = origin(&url);
+            let started = Instant::now();
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut rb = self
+                .client
+                .request(req.method.clone(), url.clone())
+                .headers(self.headers(req)?)
+                .timeout(timeout);
+            if let Some(body) = body_of(req.body) {
+                rb = rb.body(body);
+            }
+            let resp = rb
+                .send()
+                .map_err(|e| classify(&e, &addr, req.path, timeout))?;
+            let status = resp.status().as_u16();
+            log::debug!(
+                "{} {} -> {} in {} ms",
+                req.method,
+                redact_url(&url),
+                status,
+                started.elapsed().as_millis()
+            );
+            if status == 307 || status == 308 {
+                let next =
+                    redirect_target(&url, resp.headers().get(LOCATION)).map_err(|detail| {
+                        VaultError::BadResponse {
+                            path: req.path.to_string(),
+                            detail,
+                        }
+                    })?;
+                // Read the (small) body so the connection goes back to the pool.
+                let _ = read_body(resp, 64 << 10);
+                log::debug!("redirected to {}", redact_url(&next));
+                url = next;
+                continue;
+            }
+            let body = read_body(resp, MAX_BODY).map_err(|detail| VaultError::ConnectionLost {
+                addr: addr.clone(),
+                path: req.path.to_string(),
+                detail,
+            })?;
+            return Ok(Answer { status, body, addr });
+        }
+        Err(VaultError::BadResponse {
+            path: req.path.to_string(),
+            detail: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    fn headers(&self, req: &Request<'_>) -> Result<HeaderMap, VaultError> {
+        let mut h = HeaderMap::new();
+        // Vault asks clients to send this (it blocks some SSRF against Vault Agent).
+        h.insert("X-Vault-Request", HeaderValue::from_static("true"));
+        if req.namespace {
+            if let Some(ns) = &self.namespace {
+                let v = HeaderValue::from_str(ns)
+                    .map_err(|_| VaultError::Config(format!("namespace '{ns}' is not valid")))?;
+                h.insert("X-Vault-Namespace", v);
+            }
+        }
+        if let Some(t) = req.token {
+            let mut v = HeaderValue::from_str(t.expose()).map_err(|_| VaultError::BadResponse {
+                path: req.path.to_string(),
+                detail: "Vault returned a token that is not a valid header value".into(),
+            })?;
+            // Keeps it out of hyper's and reqwest's Debug output.
+            v.set_sensitive(true);
+            h.insert("X-Vault-Token", v);
+        }
+        if !matches!(req.body, Payload::None) {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Ok(h)
+    }
+}
+
+fn body_of(p: &Payload) -> Option<Body> {
+    Some(match p {
+        Payload::None => return None,
+        Payload::Json(v) => Body::from(v.clone()),
+        Payload::Secret(buf) => Body::sized(
+            SecretReader {
+                buf: Arc::clone(buf),
+                pos: 0,
+            },
+            buf.len() as u64,
+        ),
+    })
+}
+
+/// Streams a shared, zeroizing buffer into a request body.
+struct SecretReader {
+    buf: Arc<Zeroizing<Vec<u8>>>,
+    pos: usize,
+}
+
+impl Read for SecretReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A growable buffer that zeroizes every allocation it leaves behind (a plain `Vec` would
+/// leave copies of a token in freed memory when it grows).
+pub(crate) struct SecretBuf(Zeroizing<Vec<u8>>);
+
+impl SecretBuf {
+    pub fn with_capacity(n: usize) -> Self {
+        SecretBuf(Zeroizing::new(Vec::with_capacity(n)))
+    }
+
+    pub fn extend(&mut self, data: &[u8]) {
+        if self.0.len() + data.len() > self.0.capacity() {
+            let want = (self.0.len() + data.len()).max(self.0.capacity() * 2);
+            let mut bigger = Zeroizing::new(Vec::with_capacity(want));
+            bigger.extend_from_slice(&self.0);
+            // The old allocation is zeroized as `Zeroizing` drops it.
+            self.0 = bigger;
+        }
+        self.0.extend_from_slice(data);
+    }
+
+    pub fn into_inner(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
+}
+
+impl std::io::Write for SecretBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.extend(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn read_body(mut resp: Response, max: usize) -> Result<Zeroizing<Vec<u8>>, String> {
+    let hint = resp.content_length().unwrap_or(0).min(max as u64) as usize;
+    let mut buf = SecretBuf::with_capacity(hint.max(1024));
+    let mut chunk = [0u8; 8192];
+    let result = loop {
+        match resp.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if buf.0.len() + n > max {
+                    break Err(format!("answer larger than {max} bytes"));
+                }
+                buf.extend(&chunk[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(format!("reading the answer: {}", chain(&e))),
+        }
+    };
+    chunk.zeroize();
+    result.map(|()| buf.into_inner())
+}
+
+/// Whether another attempt may help. `sealed[i]`: address i said "sealed" in this call.
+pub(crate) fn should_retry(err: &VaultError, idempotent: bool, sealed: &[bool]) -> bool {
+    match err {
+        // Nothing reached Vault.
+        VaultError::Connect { .. } => true,
+        // Another node may be unsealed; once every node said sealed, stop.
+        VaultError::Sealed { .. } => !sealed.iter().all(|s| *s),
+        VaultError::Unavailable { .. } => true,
+        // The request may have been carried out.
+        VaultError::Timeout { .. } | VaultError::ConnectionLost { .. } => idempotent,
+        _ => false,
+    }
+}
+
+/// Delay before retry round `round` (1, 2, ...): 100 ms doubling up to 2 s, scaled by a
+/// jitter in [0.5, 1) so that many clients do not hammer a recovering leader in step.
+pub(crate) fn backoff(round: u32, jitter: f64) -> Duration {
+    let exp = round.saturating_sub(1).min(16);
+    let d = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
+    d.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// `base` + `/v1/` + `path` (each segment percent-encoded) + `?query`.
+pub(crate) fn api_url(base: &Url, path: &str, query: &str) -> Result<Url, VaultError> {
+    let mut u = base.clone();
+    {
+        let mut segs = u
+            .path_segments_mut()
+            .map_err(|()| VaultError::Config(format!("'{base}' cannot be a base address")))?;
+        segs.pop_if_empty().push("v1");
+        for s in path.split('/') {
+            segs.push(s);
+        }
+    }
+    u.set_query((!query.is_empty()).then_some(query));
+    u.set_fragment(None);
+    Ok(u)
+}
+
+/// Where a 307/308 points, resolved against the request URL. Refuses a downgrade from
+/// https to http: the token would cross the network in clear.
+pub(crate) fn redirect_target(from: &Url, location: Option<&HeaderValue>) -> Result<Url, String> {
+    let loc = location
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| "redirect without a usable Location header".to_string())?;
+    let to = from
+        .join(loc)
+        .map_err(|e| format!("redirect to an invalid location '{loc}': {e}"))?;
+    if !matches!(to.scheme(), "http" | "https") {
+        return Err(format!("redirect to a non-HTTP location '{}'", origin(&to)));
+    }
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Err(format!(
+            "refusing a redirect from https to {}: the token would be sent in clear",
+            origin(&to)
+        ));
+    }
+    Ok(to)
+}
+
+/// `scheme://host:port` of a URL.
+pub(crate) fn origin(u: &Url) -> String {
+    u.origin().ascii_serialization()
+}
+
+/// A URL for logs: no query (it never holds secrets today, but costs nothing to drop).
+fn redact_url(u: &Url) -> String {
+    format!("{}{}", origin(u), u.path())
+}
+
+fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// The error and all its sources, joined.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        src = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Classify a transport error. rustls is not a direct dependency, so a TLS failure is found
+/// by its message anywhere in the source chain ("invalid peer certificate: UnknownIssuer",
+/// "received fatal alert", "corrupt message"): pure text, unit-tested below.
+fn classify(e: &reqwest::Error, addr: &str, path: &str, timeout: Duration) -> VaultError {
+    let mut messages = Vec::new();
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        messages.push(s.to_string());
+        src = s.source();
+    }
+    classify_messages(
+        &messages,
+        e.is_connect(),
+        e.is_timeout(),
+        e.is_builder(),
+        addr,
+        path,
+        timeout,
+    )
+}
+
+pub(crate) fn classify_messages(
+    messages: &[String],
+    is_connect: bool,
+    is_timeout: bool,
+    is_builder: bool,
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> VaultError {
+    let deepest = messages.last().cloned().unwrap_or_default();
+    if let Some(detail) = tls_detail(messages) {
+        return VaultError::Tls {
+            addr: addr.to_string(),
+            detail,
+        };
+    }
+    if is_builder {
+        return VaultError::InvalidInput(deepest);
+    }
+    // A connect timeout is a connect error: nothing was sent, so it is safe to retry.
+    if is_connect {
+        return VaultError::Connect {
+            addr: addr.to_string(),
+            detail: deepest,
+        };
+    }
+    if is_timeout {
+        return VaultError::Timeout {
+            path: path.to_string(),
+            after: timeout,
+        };
+    }
+    VaultError::ConnectionLost {
+        addr: addr.to_string(),
+        path: path.to_string(),
+        detail: deepest,
+    }
+}
+
+fn tls_detail(messages: &[String]) -> Option<String> {
+    // reqwest's outer message quotes the URL, which may contain anything: skip it.
+    for m in messages.iter().rev().filter(|m| !m.contains("for url (")) {
+        let l = m.to_ascii_lowercase();
+        if l.contains("invalidcontenttype") || l.contains("corrupt message") {
+            return Some(format!("the server does not speak TLS ({m})"));
+        }
+        if l.contains("invalid peer certificate")
+            || l.contains("peer sent no certificates")
+            || l.contains("received fatal alert")
+            || l.contains("peer is incompatible")
+            || l.contains("peer misbehaved")
+            || l.contains("tls handshake")
+        {
+            return Some(m.clone());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).expect("url")
+    }
+
+    #[test]
+    fn urls_are_built_per_segment() {
+        let b = u("https://vault.example:8200");
+        assert_eq!(
+            api_url(&b, "pki/sign/yubikey-piv", "")
+                .expect("url")
+                .as_str(),
+            "https://vault.example:8200/v1/pki/sign/yubikey-piv"
+        );
+        // A base with a path prefix (behind a reverse proxy) keeps it.
+        let b = u("https://proxy.example/vault/");
+        assert_eq!(
+            api_url(&b, "sys/health", "standbyok=true")
+                .expect("url")
+                .as_str(),
+            "https://proxy.example/vault/v1/sys/health?standbyok=true"
+        );
+        // Odd characters in a KV key are encoded, not interpreted.
+        let b = u("http://127.0.0.1:8200");
+        assert_eq!(
+            api_url(&b, "kv/data/a b?c#d", "").expect("url").as_str(),
+            "http://127.0.0.1:8200/v1/kv/data/a%20b%3Fc%23d"
+        );
+    }
+
+    #[test]
+    fn redirects() {
+        let from = u("https://node2:8200/v1/pki/sign/x");
+        let loc = HeaderValue::from_static("https://node1:8200/v1/pki/sign/x");
+        assert_eq!(
+            redirect_target(&from, Some(&loc)).expect("ok").as_str(),
+            "https://node1:8200/v1/pki/sign/x"
+        );
+        let rel = HeaderValue::from_static("/v1/pki/sign/x");
+        assert_eq!(
+            redirect_target(&from, Some(&rel)).expect("ok").as_str(),
+            "https://node2:8200/v1/pki/sign/x"
+        );
+        let down = HeaderValue::from_static("http://node1:8200/v1/pki/sign/x");
+        assert!(redirect_target(&from, Some(&down))
+            .expect_err("downgrade")
+            .contains("in clear"));
+        assert!(redirect_target(&from, None).is_err());
+        let ftp = HeaderValue::from_static("ftp://x/");
+        assert!(redirect_target(&from, Some(&ftp)).is_err());
+    }
+
+    #[test]
+    fn backoff_grows_bounded_with_jitter() {
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(1, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff(2, 1.0), Duration::from_millis(200));
+        assert_eq!(backoff(5, 1.0), Duration::from_millis(1600));
+        assert_eq!(backoff(6, 1.0), BACKOFF_MAX);
+        assert_eq!(backoff(1000, 1.0), BACKOFF_MAX);
+        assert!(backoff(3, 0.5) < backoff(3, 0.9));
+        assert_eq!(backoff(2, 7.0), backoff(2, 1.0));
+    }
+
+    #[test]
+    fn retry_classification() {
+        let connect = VaultError::Connect {
+            addr: "a".into(),
+            detail: "refused".into(),
+        };
+        let lost = VaultError::ConnectionLost {
+            addr: "a".into(),
+            path: "p".into(),
+            detail: "reset".into(),
+        };
+        let timeout = VaultError::Timeout {
+            path: "p".into(),
+            after: Duration::from_secs(1),
+        };
+        let sealed = VaultError::Sealed { addr: "a".into() };
+        let standby = VaultError::Unavailable {
+            addr: "a".into(),
+            status: 429,
+            message: String::new(),
+        };
+        let denied = VaultError::PermissionDenied { path: "p".into() };
+        let tls = VaultError::Tls {
+            addr: "a".into(),
+            detail: "x".into(),
+        };
+        assert!(should_retry(&connect, false, &[false]));
+        assert!(should_retry(&standby, false, &[false]));
+        // A sign is not repeated once it may have reached Vault.
+        assert!(!should_retry(&lost, false, &[false]));
+        assert!(!should_retry(&timeout, false, &[false]));
+        assert!(should_retry(&lost, true, &[false]));
+        assert!(should_retry(&timeout, true, &[false]));
+        // Sealed: try the other nodes, stop when all said sealed.
+        assert!(should_retry(&sealed, true, &[true, false]));
+        assert!(!should_retry(&sealed, true, &[true]));
+        assert!(!should_retry(&sealed, true, &[true, true]));
+        assert!(!should_retry(&denied, true, &[false]));
+        assert!(!should_retry(&tls, true, &[false]));
+    }
+
+    fn msgs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn transport_errors_are_classified() {
+        let t = Duration::from_secs(5);
+        let e = classify_messages(
+            &msgs(&[
+                "error sending request for url (https://127.0.0.1:8200/v1/sys/health)",
+                "client error (Connect)",
+                "invalid peer certificate: UnknownIssuer",
+            ]),
+            true,
+            false,
+            false,
+            "https://127.0.0.1:8200",
+            "sys/health",
+            t,
+        );
+        assert!(
+            matches!(e, VaultError::Tls { ref detail, .. } if detail.contains("UnknownIssuer")),
+            "{e:?}"
+        );
+        let e = classify_messages(
+            &msgs(&[
+                "error sending request",
+                "client error (Connect)",
+                "received corrupt message of type InvalidContentType",
+            ]),
+            true,
+            false,
+            false,
+            "https://127.0.0.1:8200",
+            "p",
+            t,
+        );
+        assert!(
+            matches!(e, VaultError::Tls { ref detail, .. } if detail.contains("does not speak TLS"))
+        );
+        let e = classify_messages(
+            &msgs(&[
+                "error sending request",
+                "client error (Connect)",
+                "tcp connect error",
+                "Connection refused (os error 111)",
+            ]),
+            true,
+            false,
+            false,
+            "http://127.0.0.1:1",
+            "p",
+            t,
+        );
+        assert!(matches!(e, VaultError::Connect { ref detail, .. } if detail.contains("refused")));
+        let e = classify_messages(
+            &msgs(&["operation timed out"]),
+            false,
+            true,
+            false,
+            "a",
+            "p",
+            t,
+        );
+        assert!(matches!(e, VaultError::Timeout { .. }));
+        let e = classify_messages(
+            &msgs(&[
+                "error sending request",
+                "connection closed before message completed",
+            ]),
+            false,
+            false,
+            false,
+            "a",
+            "pki/sign/x",
+            t,
+        );
+        assert!(matches!(e, VaultError::ConnectionLost { .. }));
+    }
+
+    #[test]
+    fn secret_buffers() {
+        let mut b = SecretBuf::with_capacity(2);
+        b.extend(b"hello");
+        b.extend(b" world, longer than before");
+        assert_eq!(&b.into_inner()[..], b"hello world, longer than before");
+        let data = Arc::new(Zeroizing::new(b"0123456789".to_vec()));
+        let mut r = SecretReader { buf: data, pos: 0 };
+        let mut out = [0u8; 4];
+        assert_eq!(r.read(&mut out).expect("read"), 4);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).expect("read");
+        assert_eq!(rest, b"456789");
+    }
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback(&u("http://127.0.0.1:8200")));
+        assert!(is_loopback(&u("http://localhost:8200")));
+        assert!(is_loopback(&u("http://[::1]:8200")));
+        assert!(!is_loopback(&u("http://vault.example:8200")));
+    }
+}
