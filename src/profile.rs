@@ -176,7 +176,13 @@ pub fn resolve(
             subject: Subject {
                 common_name,
                 email: fill(pick(&spec.email, &defaults.email))?,
-                upn: fill(pick(&spec.upn, &defaults.upn))?,
+                // A UPN is for smart-card logon: a run-wide one goes to the auth role's
+                // slots only (other roles refuse the otherName); a slot's own is kept.
+                upn: fill(if spec.upn.is_some() || role == Role::Auth {
+                    pick(&spec.upn, &defaults.upn)
+                } else {
+                    None
+                })?,
             },
             ttl: pick(&spec.ttl, &defaults.ttl),
         });

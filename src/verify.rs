@@ -9,7 +9,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use spki::SubjectPublicKeyInfoOwned;
 use std::time::{Duration, SystemTime};
 use x509_cert::{
-    ext::pkix::{KeyUsage, KeyUsages},
+    ext::pkix::{ExtendedKeyUsage, KeyUsage, KeyUsages},
     Certificate,
 };
 
@@ -157,6 +157,24 @@ pub fn check(cert_der: &[u8], want: &Expectation<'_>) -> Result<Accepted, Verify
         }
     }
 
+    // The end entity must name the role's purpose (RFC 5280 4.2.1.12). Path validation
+    // below uses "required if present", so CA certificates without EKU (the usual case)
+    // pass, while a CA restricted to other purposes does not.
+    let ekus = match tbs.get_extension::<ExtendedKeyUsage>() {
+        Ok(Some((_, e))) => e.0,
+        _ => Vec::new(),
+    };
+    if !ekus.contains(&want.role.required_eku()) {
+        return Err(VerifyError::Chain {
+            anchor: "the role's purpose".into(),
+            detail: format!(
+                "it lacks the extended key usage {} needs ({})",
+                want.role,
+                want.role.required_eku()
+            ),
+        });
+    }
+
     // Path validation: the anchors are the configured ones, else the last (root) cert of
     // Vault's chain; the other chain certs are intermediates.
     let (anchor_ders, intermediates): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) = if !want.anchors_der.is_empty()
@@ -201,16 +219,16 @@ pub fn check(cert_der: &[u8], want: &Expectation<'_>) -> Result<Accepted, Verify
         &anchors,
         &inter,
         UnixTime::since_unix_epoch(since_epoch),
-        webpki::KeyUsage::required(eku_bytes(want.role)),
+        webpki::KeyUsage::required_if_present(eku_bytes(want.role)),
         None,
         None,
     )
     .map_err(|e| VerifyError::Chain {
         anchor: anchor_name.into(),
-        detail: match e {
+        detail: match &e {
             #[allow(deprecated)]
             webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
-                format!("it lacks the extended key usage {} needs", want.role)
+                format!("it lacks the extended key usage {} needs ({e:?})", want.role)
             }
             other => format!("{other:?}"),
         },

@@ -262,7 +262,7 @@ fn vault_failures_are_one_actionable_line_and_leave_the_token_alone() {
 
     // A role that refuses the CN: Vault's own message is shown.
     let out = vault.bao(&[
-        "write",
+        "patch",
         "pki/roles/yubikey-piv-auth",
         "allow_any_name=false",
         "allowed_domains=example.org",

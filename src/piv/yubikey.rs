@@ -281,6 +281,45 @@ fn ccc_bytes(card_id: [u8; 14]) -> Vec<u8> {
 }
 
 impl YubiKeyToken {
+    /// Whether the reader still holds a card, asked through a fresh PC/SC context. Used to
+    /// tell "the token was pulled" from other failures the `yubikey` crate reports as a
+    /// generic error.
+    fn card_present(&self) -> bool {
+        let Ok(ctx) = pcsc::Context::establish(pcsc::Scope::User) else {
+            return true;
+        };
+        let Ok(name) = std::ffi::CString::new(self.info.reader.clone()) else {
+            return true;
+        };
+        let mut st = [pcsc::ReaderState::new(name, pcsc::State::UNAWARE)];
+        if ctx
+            .get_status_change(std::time::Duration::from_millis(500), &mut st)
+            .is_err()
+        {
+            return true;
+        }
+        if !st[0].event_state().contains(pcsc::State::PRESENT) {
+            return false;
+        }
+        // pcscd may not have seen the removal yet (vpcd and USB readers poll): give it a
+        // moment to report a change.
+        st[0].sync_current_state();
+        match ctx.get_status_change(std::time::Duration::from_millis(1500), &mut st) {
+            Ok(()) => st[0].event_state().contains(pcsc::State::PRESENT),
+            Err(_) => true,
+        }
+    }
+
+    /// Map an error, turning a generic failure on a card that is gone into `CardRemoved`.
+    fn fail(&self, op: &'static str, e: yubikey::Error) -> TokenError {
+        match map_err(op, e) {
+            TokenError::Card { .. } | TokenError::Pcsc(_) if !self.card_present() => {
+                TokenError::CardRemoved
+            }
+            other => other,
+        }
+    }
+
     fn object_present(&mut self, id: u32) -> Result<bool, TokenError> {
         match self.yk.fetch_object(id) {
             Ok(data) => Ok(!data.is_empty()),
@@ -299,7 +338,7 @@ impl PivToken for YubiKeyToken {
         match self.yk.get_pin_retries() {
             Ok(n) => Ok(n),
             Err(yubikey::Error::PinLocked) => Ok(0),
-            Err(e) => Err(map_err("read PIN retries", e)),
+            Err(e) => Err(self.fail("read PIN retries", e)),
         }
     }
 
@@ -310,21 +349,21 @@ impl PivToken for YubiKeyToken {
         match piv::metadata(&mut self.yk, SlotId::Management(ManagementSlotId::Puk)) {
             Ok(m) => Ok(m.retries.map(|r| r.remaining_count)),
             Err(yubikey::Error::NotSupported) => Ok(None),
-            Err(e) => Err(map_err("read PUK metadata", e)),
+            Err(e) => Err(self.fail("read PUK metadata", e)),
         }
     }
 
     fn verify_pin(&mut self, pin: &Pin) -> Result<(), TokenError> {
         self.yk
             .verify_pin(pin.expose().as_bytes())
-            .map_err(|e| map_err("verify PIN", e))
+            .map_err(|e| self.fail("verify PIN", e))
     }
 
     fn mgm_key_state(&mut self) -> Result<MgmKeyState, TokenError> {
         let protected = match self.yk.config() {
             Ok(c) => c.mgm_type == MgmType::Protected,
             Err(yubikey::Error::NotFound) => false,
-            Err(e) => return Err(map_err("read ADMIN DATA", e)),
+            Err(e) => return Err(self.fail("read ADMIN DATA", e)),
         };
         let (algorithm, default) = if self.info.version.has_metadata() {
             match piv::metadata(&mut self.yk, SlotId::Management(ManagementSlotId::Management)) {
@@ -364,7 +403,7 @@ impl PivToken for YubiKeyToken {
             Ok(d) => d,
             Err(yubikey::Error::NotFound) => return Ok(None),
             Err(yubikey::Error::GenericError) => return Ok(None),
-            Err(e) => return Err(map_err("read PIN-protected data", e)),
+            Err(e) => return Err(self.fail("read PIN-protected data", e)),
         };
         let key = find_tlv(&data, 0x88).and_then(|inner| find_tlv(inner, 0x89));
         Ok(key
@@ -381,7 +420,7 @@ impl PivToken for YubiKeyToken {
         match self.yk.authenticate(&k) {
             Ok(()) => Ok(()),
             Err(yubikey::Error::AuthenticationError) => Err(TokenError::MgmKeyRejected),
-            Err(e) => Err(map_err("authenticate management key", e)),
+            Err(e) => Err(self.fail("authenticate management key", e)),
         }
     }
 
@@ -418,7 +457,7 @@ impl PivToken for YubiKeyToken {
             }
             Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
             Err(yubikey::Error::NotSupported) => Err(self.unsupported("reading key metadata")),
-            Err(e) => Err(map_err("read key metadata", e)),
+            Err(e) => Err(self.fail("read key metadata", e)),
         }
     }
 
@@ -433,7 +472,7 @@ impl PivToken for YubiKeyToken {
                     detail: e.to_string(),
                 }),
             Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
-            Err(e) => Err(map_err("read certificate", e)),
+            Err(e) => Err(self.fail("read certificate", e)),
         }
     }
 
@@ -459,7 +498,7 @@ impl PivToken for YubiKeyToken {
                 op: "generate key",
                 detail: "the token refused: management key not authenticated".into(),
             },
-            e => map_err("generate key", e),
+            e => self.fail("generate key", e),
         })
     }
 
@@ -476,7 +515,7 @@ impl PivToken for YubiKeyToken {
                     op: "sign",
                     detail: "the token refused: PIN (or touch) required".into(),
                 },
-                e => map_err("sign", e),
+                e => self.fail("sign", e),
             })
     }
 
@@ -491,7 +530,7 @@ impl PivToken for YubiKeyToken {
                 slot_id(slot),
                 yubikey::certificate::CertInfo::Uncompressed,
             )
-            .map_err(|e| map_err("write certificate", e))
+            .map_err(|e| self.fail("write certificate", e))
     }
 
     fn ensure_chuid_ccc(&mut self) -> Result<bool, TokenError> {
@@ -503,7 +542,7 @@ impl PivToken for YubiKeyToken {
             let mut data = chuid_bytes(guid);
             self.yk
                 .save_object(OBJ_CHUID, &mut data)
-                .map_err(|e| map_err("write CHUID", e))?;
+                .map_err(|e| self.fail("write CHUID", e))?;
             wrote = true;
         }
         if !self.object_present(OBJ_CCC)? {
@@ -512,7 +551,7 @@ impl PivToken for YubiKeyToken {
             let mut data = ccc_bytes(id);
             self.yk
                 .save_object(OBJ_CCC, &mut data)
-                .map_err(|e| map_err("write CCC", e))?;
+                .map_err(|e| self.fail("write CCC", e))?;
             wrote = true;
         }
         Ok(wrote)
@@ -521,7 +560,7 @@ impl PivToken for YubiKeyToken {
     fn change_pin(&mut self, old: &Pin, new: &Pin) -> Result<(), TokenError> {
         self.yk
             .change_pin(old.expose().as_bytes(), new.expose().as_bytes())
-            .map_err(|e| map_err("change PIN", e))
+            .map_err(|e| self.fail("change PIN", e))
     }
 
     fn change_puk(&mut self, old: &Puk, new: &Puk) -> Result<(), TokenError> {
@@ -530,7 +569,7 @@ impl PivToken for YubiKeyToken {
             .map_err(|e| match e {
                 yubikey::Error::WrongPin { tries } => TokenError::WrongPuk { tries_left: tries },
                 yubikey::Error::PinLocked => TokenError::PukBlocked,
-                e => map_err("change PUK", e),
+                e => self.fail("change PUK", e),
             })
     }
 
@@ -540,7 +579,7 @@ impl PivToken for YubiKeyToken {
             .map_err(|e| match e {
                 yubikey::Error::WrongPin { tries } => TokenError::WrongPuk { tries_left: tries },
                 yubikey::Error::PinLocked => TokenError::PukBlocked,
-                e => map_err("unblock PIN", e),
+                e => self.fail("unblock PIN", e),
             })
     }
 
@@ -557,14 +596,14 @@ impl PivToken for YubiKeyToken {
             }
         })?);
         let k = MgmKey::from_bytes(&*bytes, Some(mgm_alg_id(alg))).map_err(|e| {
-            map_err("set management key", e)
+            self.fail("set management key", e)
         })?;
         let r = if protected {
             k.set_protected(&mut self.yk)
         } else {
             k.set_manual(&mut self.yk, false)
         };
-        r.map_err(|e| map_err("set management key", e))
+        r.map_err(|e| self.fail("set management key", e))
     }
 }
 
