@@ -136,9 +136,10 @@ fn subject_of(cert: &Certificate) -> Subject {
             match n {
                 GeneralName::Rfc822Name(e) => email = email.or(Some(e.to_string())),
                 GeneralName::OtherName(o) if o.type_id == upn_oid => {
-                    // value is [0] EXPLICIT UTF8String.
-                    let inner = o.value.value();
-                    upn = der::asn1::Utf8StringRef::from_der(inner)
+                    // value is [0] EXPLICIT UTF8String; `value` holds the UTF8String.
+                    upn = o
+                        .value
+                        .decode_as::<der::asn1::Utf8StringRef<'_>>()
                         .ok()
                         .map(|s| s.to_string())
                         .or(upn);

@@ -39,7 +39,7 @@ fn cmd(vault: &Vault, card: &Card, args: &[&str], state: &std::path::Path) -> Co
     let mut c = pivault(&env);
     c.args(args);
     c.args(["--serial", &card.serial.to_string()]);
-    if args[0] == "renew" {
+    if args.contains(&"renew") {
         c.arg("--state-dir").arg(state);
     }
     c
@@ -125,7 +125,8 @@ fn vault_down_changes_nothing_and_a_kill_after_keygen_is_finished() {
 
     // Killed right after the new key is generated: the next run finishes the job even
     // though, by the threshold, nothing is due.
-    let mut c = cmd(&vault, &card, &["renew", "--threshold", "0.01"], &state);
+    // "Due when 2 h or less are left" makes a 1 h certificate due at once.
+    let mut c = cmd(&vault, &card, &["renew", "--threshold", "2h"], &state);
     c.env("PIVAULT_TEST_ABORT_AFTER", "generate");
     let o = run::run(c);
     assert!(!o.status.success(), "hook did not fire: {}", text(&o));
@@ -138,7 +139,7 @@ fn vault_down_changes_nothing_and_a_kill_after_keygen_is_finished() {
 
     // Vault down before key generation: exit 4, slot untouched.
     vault.stop();
-    let o = run::run(cmd(&vault, &card, &["renew", "--threshold", "0.01"], &state));
+    let o = run::run(cmd(&vault, &card, &["renew", "--threshold", "2h"], &state));
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert_eq!(run::piv_tool_read_cert(&card.reader, "9a"), after_finish);
     assert!(run::slot_key_matches_cert(&card.reader, "9a", PIN, dir.path()));
