@@ -86,13 +86,18 @@ fn mount_name(what: &str, v: String) -> Result<String, Error> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '.'))
         || v.contains("..")
     {
-        return Err(Error::Config(format!("{what} '{v}' is not a valid mount path")));
+        return Err(Error::Config(format!(
+            "{what} '{v}' is not a valid mount path"
+        )));
     }
     Ok(v)
 }
 
 fn truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
 }
 
 impl VaultSettings {
@@ -105,7 +110,12 @@ impl VaultSettings {
         flags: &VaultFlags,
     ) -> Result<VaultSettings, Error> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let mut addrs: Vec<String> = file.addr.iter().cloned().chain(file.addrs.clone()).collect();
+        let mut addrs: Vec<String> = file
+            .addr
+            .iter()
+            .cloned()
+            .chain(file.addrs.clone())
+            .collect();
         if let Some(v) = env("VAULT_ADDR") {
             addrs = v.split(',').map(|s| s.trim().to_string()).collect();
         }
@@ -162,12 +172,24 @@ impl VaultSettings {
             )?,
             approle_mount: mount_name(
                 "AppRole mount",
-                pick(&flags.approle_mount, "PIVAULT_APPROLE_MOUNT", &file.approle_mount)
-                    .unwrap_or_else(|| "approle".into()),
+                pick(
+                    &flags.approle_mount,
+                    "PIVAULT_APPROLE_MOUNT",
+                    &file.approle_mount,
+                )
+                .unwrap_or_else(|| "approle".into()),
             )?,
             role_id: pick(&flags.role_id, "PIVAULT_ROLE_ID", &file.role_id),
-            secret_id_file: pick_path(&flags.secret_id_file, "PIVAULT_SECRET_ID_FILE", &file.secret_id_file),
-            trust_anchor: pick_path(&flags.trust_anchor, "PIVAULT_TRUST_ANCHOR", &file.trust_anchor),
+            secret_id_file: pick_path(
+                &flags.secret_id_file,
+                "PIVAULT_SECRET_ID_FILE",
+                &file.secret_id_file,
+            ),
+            trust_anchor: pick_path(
+                &flags.trust_anchor,
+                "PIVAULT_TRUST_ANCHOR",
+                &file.trust_anchor,
+            ),
             request_timeout: Duration::from_secs(file.request_timeout_secs.unwrap_or(30)),
             deadline: Duration::from_secs(file.deadline_secs.unwrap_or(90)),
         })
@@ -180,8 +202,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -194,7 +218,10 @@ mod tests {
             namespace: Some("ns-file".into()),
             ..Default::default()
         };
-        let env = env_of(&[("VAULT_ADDR", "https://env:8200"), ("PIVAULT_PKI_MOUNT", "pki-env")]);
+        let env = env_of(&[
+            ("VAULT_ADDR", "https://env:8200"),
+            ("PIVAULT_PKI_MOUNT", "pki-env"),
+        ]);
         let flags = VaultFlags {
             pki_mount: Some("pki-flag".into()),
             ..Default::default()
@@ -211,7 +238,9 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let none = env_of(&[]);
-        assert!(VaultSettings::resolve(&VaultFile::default(), &none, &VaultFlags::default()).is_err());
+        assert!(
+            VaultSettings::resolve(&VaultFile::default(), &none, &VaultFlags::default()).is_err()
+        );
         let flags = VaultFlags {
             addrs: vec!["ftp://x".into()],
             ..Default::default()

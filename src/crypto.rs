@@ -94,11 +94,7 @@ pub fn card_input(alg: Algorithm, msg: &[u8]) -> Vec<u8> {
 
 /// Verify `sig` over `msg` with the public key, for the signature algorithm pivault uses
 /// with that key. Errors say what did not match.
-pub fn verify(
-    spki: &SubjectPublicKeyInfoOwned,
-    msg: &[u8],
-    sig: &[u8],
-) -> Result<(), String> {
+pub fn verify(spki: &SubjectPublicKeyInfoOwned, msg: &[u8], sig: &[u8]) -> Result<(), String> {
     use signature::Verifier;
     let alg = algorithm_of(spki).ok_or("unsupported public key type")?;
     let der = spki.to_der().map_err(|e| e.to_string())?;
@@ -106,15 +102,15 @@ pub fn verify(
     match alg {
         Algorithm::P256 => {
             use p256::pkcs8::DecodePublicKey;
-            let key = p256::ecdsa::VerifyingKey::from_public_key_der(&der)
-                .map_err(|e| e.to_string())?;
+            let key =
+                p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
             let sig = p256::ecdsa::DerSignature::try_from(sig).map_err(bad)?;
             key.verify(msg, &sig).map_err(bad)
         }
         Algorithm::P384 => {
             use p384::pkcs8::DecodePublicKey;
-            let key = p384::ecdsa::VerifyingKey::from_public_key_der(&der)
-                .map_err(|e| e.to_string())?;
+            let key =
+                p384::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
             let sig = p384::ecdsa::DerSignature::try_from(sig).map_err(bad)?;
             key.verify(msg, &sig).map_err(bad)
         }
@@ -162,14 +158,11 @@ mod tests {
 
     #[test]
     fn verifies_p256_and_rejects_tampering() {
+        use der::Decode;
         use p256::ecdsa::{signature::Signer, SigningKey};
         use p256::pkcs8::EncodePublicKey;
-        use der::Decode;
         let sk = SigningKey::from_slice(&[7u8; 32]).expect("key");
-        let spki_der = sk
-            .verifying_key()
-            .to_public_key_der()
-            .expect("spki");
+        let spki_der = sk.verifying_key().to_public_key_der().expect("spki");
         let spki = SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).expect("spki");
         assert_eq!(algorithm_of(&spki), Some(Algorithm::P256));
         let sig: p256::ecdsa::DerSignature = sk.sign(b"msg");

@@ -51,7 +51,9 @@ fn looks_like_mailbox(s: &str) -> bool {
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<')
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<')
         && !domain.contains('@')
 }
 
@@ -190,12 +192,33 @@ mod tests {
         };
         assert!(ok.validate().is_ok());
         for bad in [
-            Subject { common_name: " ".into(), ..Default::default() },
-            Subject { common_name: "x".repeat(65), ..Default::default() },
-            Subject { common_name: "a\u{7}b".into(), ..Default::default() },
-            Subject { common_name: "ok".into(), email: Some("nope".into()), upn: None },
-            Subject { common_name: "ok".into(), email: Some("a@b@c.d".into()), upn: None },
-            Subject { common_name: "ok".into(), email: None, upn: Some("user".into()) },
+            Subject {
+                common_name: " ".into(),
+                ..Default::default()
+            },
+            Subject {
+                common_name: "x".repeat(65),
+                ..Default::default()
+            },
+            Subject {
+                common_name: "a\u{7}b".into(),
+                ..Default::default()
+            },
+            Subject {
+                common_name: "ok".into(),
+                email: Some("nope".into()),
+                upn: None,
+            },
+            Subject {
+                common_name: "ok".into(),
+                email: Some("a@b@c.d".into()),
+                upn: None,
+            },
+            Subject {
+                common_name: "ok".into(),
+                email: None,
+                upn: Some("user".into()),
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?} accepted");
         }
@@ -203,7 +226,10 @@ mod tests {
 
     #[test]
     fn names_with_specials_are_escaped() {
-        let s = Subject { common_name: "Doe, Jane + co".into(), ..Default::default() };
+        let s = Subject {
+            common_name: "Doe, Jane + co".into(),
+            ..Default::default()
+        };
         let name = s.name().expect("name");
         assert_eq!(name.to_string(), "CN=Doe\\, Jane \\+ co");
     }

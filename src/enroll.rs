@@ -130,7 +130,10 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Step::Generating(a) if a.is_rsa() => {
-                write!(f, "generating a {a} key on the token (this takes a few seconds)")
+                write!(
+                    f,
+                    "generating a {a} key on the token (this takes a few seconds)"
+                )
             }
             Step::Generating(a) => write!(f, "generating a {a} key on the token"),
             Step::SigningCsr => f.write_str("signing the certificate request on the token"),
@@ -226,8 +229,8 @@ pub fn unlock(
 /// VERIFY the PIN unless only one try is left (pivault never risks blocking a token).
 pub fn verify_pin_safely(token: &mut dyn PivToken, pin: &Pin) -> Result<(), Error> {
     match token.pin_retries()? {
-        0 => Err(TokenError::PinBlocked.into()),
-        1 => Err(TokenError::PinLastTry.into()),
+        Some(0) => Err(TokenError::PinBlocked.into()),
+        Some(1) => Err(TokenError::PinLastTry.into()),
         _ => Ok(token.verify_pin(pin)?),
     }
 }
@@ -268,7 +271,9 @@ pub fn import_issued(
         .map_err(bad)?
         .into_iter()
         .next()
-        .ok_or(bad(verify::VerifyError::Parse("no certificate in Vault's answer".into())))?;
+        .ok_or(bad(verify::VerifyError::Parse(
+            "no certificate in Vault's answer".into(),
+        )))?;
     let mut chain_der = Vec::new();
     for pem in &issued.chain_pem {
         chain_der.extend(verify::pem_bundle_to_der(pem).map_err(bad)?);
@@ -526,7 +531,12 @@ mod tests {
         }
     }
 
-    fn run(token: &mut FakeToken, issuer: &TestIssuer, plan: &Plan, pin: &str) -> Result<Outcome, Error> {
+    fn run(
+        token: &mut FakeToken,
+        issuer: &TestIssuer,
+        plan: &Plan,
+        pin: &str,
+    ) -> Result<Outcome, Error> {
         let ctx = Context {
             issuer,
             anchors_der: Vec::new(),
@@ -556,8 +566,13 @@ mod tests {
     fn last_pin_try_is_never_spent() {
         let mut t = FakeToken::new();
         t.pin_tries = 1;
-        let issuer = TestIssuer { preflight_ok: true, issued: Cell::new(0) };
-        let e = run(&mut t, &issuer, &plan(&["9a"]), "000000").err().expect("refused");
+        let issuer = TestIssuer {
+            preflight_ok: true,
+            issued: Cell::new(0),
+        };
+        let e = run(&mut t, &issuer, &plan(&["9a"]), "000000")
+            .err()
+            .expect("refused");
         assert!(matches!(e, Error::Token(TokenError::PinLastTry)), "{e:?}");
         assert_eq!(t.pin_tries, 1, "a try was spent");
         assert!(t.changes.is_empty());
@@ -566,16 +581,27 @@ mod tests {
     #[test]
     fn wrong_pin_reports_tries_and_changes_nothing() {
         let mut t = FakeToken::new();
-        let issuer = TestIssuer { preflight_ok: true, issued: Cell::new(0) };
-        let e = run(&mut t, &issuer, &plan(&["9a"]), "999999").err().expect("refused");
-        assert!(matches!(e, Error::Token(TokenError::WrongPin { tries_left: 2 })), "{e:?}");
+        let issuer = TestIssuer {
+            preflight_ok: true,
+            issued: Cell::new(0),
+        };
+        let e = run(&mut t, &issuer, &plan(&["9a"]), "999999")
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(e, Error::Token(TokenError::WrongPin { tries_left: 2 })),
+            "{e:?}"
+        );
         assert!(t.changes.is_empty());
     }
 
     #[test]
     fn vault_refusal_comes_before_the_token_is_unlocked() {
         let mut t = FakeToken::new();
-        let issuer = TestIssuer { preflight_ok: false, issued: Cell::new(0) };
+        let issuer = TestIssuer {
+            preflight_ok: false,
+            issued: Cell::new(0),
+        };
         assert!(run(&mut t, &issuer, &plan(&["9a", "9e"]), "123456").is_err());
         assert!(!t.pin_verified && !t.authenticated && t.changes.is_empty());
     }
@@ -584,8 +610,13 @@ mod tests {
     fn occupied_slot_needs_force() {
         let mut t = FakeToken::new();
         t.certs.insert(Slot::CARD_AUTHENTICATION, vec![0x30, 0x00]);
-        let issuer = TestIssuer { preflight_ok: true, issued: Cell::new(0) };
-        let e = run(&mut t, &issuer, &plan(&["9a", "9e"]), "123456").err().expect("refused");
+        let issuer = TestIssuer {
+            preflight_ok: true,
+            issued: Cell::new(0),
+        };
+        let e = run(&mut t, &issuer, &plan(&["9a", "9e"]), "123456")
+            .err()
+            .expect("refused");
         assert!(matches!(e, Error::SlotOccupied { .. }), "{e:?}");
         assert!(t.changes.is_empty(), "{:?}", t.changes);
         assert_eq!(issuer.issued.get(), 0);
@@ -594,12 +625,21 @@ mod tests {
     #[test]
     fn bad_plans_are_refused_first() {
         let mut t = FakeToken::new();
-        let issuer = TestIssuer { preflight_ok: true, issued: Cell::new(0) };
+        let issuer = TestIssuer {
+            preflight_ok: true,
+            issued: Cell::new(0),
+        };
         let mut p = plan(&["9a", "9a"]);
-        assert!(matches!(run(&mut t, &issuer, &p, "123456"), Err(Error::Usage(_))));
+        assert!(matches!(
+            run(&mut t, &issuer, &p, "123456"),
+            Err(Error::Usage(_))
+        ));
         p = plan(&["9a"]);
         p.slots[0].algorithm = Algorithm::Ed25519; // needs 5.7, the fake is 5.2.7
-        assert!(matches!(run(&mut t, &issuer, &p, "123456"), Err(Error::Usage(_))));
+        assert!(matches!(
+            run(&mut t, &issuer, &p, "123456"),
+            Err(Error::Usage(_))
+        ));
         p = plan(&["9a"]);
         p.slots[0].subject.common_name = String::new();
         assert!(run(&mut t, &issuer, &p, "123456").is_err());
@@ -610,10 +650,20 @@ mod tests {
     fn card_failure_mid_slot_stops_the_run() {
         // The fake's sign_raw reports the card removed after generation.
         let mut t = FakeToken::new();
-        let issuer = TestIssuer { preflight_ok: true, issued: Cell::new(0) };
+        let issuer = TestIssuer {
+            preflight_ok: true,
+            issued: Cell::new(0),
+        };
         let out = run(&mut t, &issuer, &plan(&["9a", "9e"]), "123456").expect("outcome");
-        assert!(matches!(out.fatal, Some(Error::Token(TokenError::CardRemoved))));
-        assert_eq!(out.report.slots.len(), 1, "the second slot was not attempted");
+        assert!(matches!(
+            out.fatal,
+            Some(Error::Token(TokenError::CardRemoved))
+        ));
+        assert_eq!(
+            out.report.slots.len(),
+            1,
+            "the second slot was not attempted"
+        );
         assert!(!out.report.ok);
         assert_eq!(issuer.issued.get(), 0);
     }

@@ -43,7 +43,9 @@ impl fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn mgm_algorithm(&self) -> Option<MgmAlgorithm> {
-        self.mgmt_key_algorithm.as_deref().and_then(|a| a.parse().ok())
+        self.mgmt_key_algorithm
+            .as_deref()
+            .and_then(|a| a.parse().ok())
     }
 }
 
@@ -139,7 +141,9 @@ pub fn check_pin_policy(pin: &str) -> Result<(), Error> {
         return Err(Error::Usage("a PIN has 6 to 8 characters".into()));
     }
     if !pin.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(Error::Usage("a PIN uses printable ASCII characters only".into()));
+        return Err(Error::Usage(
+            "a PIN uses printable ASCII characters only".into(),
+        ));
     }
     if is_trivial(pin) {
         return Err(Error::Usage(
@@ -184,6 +188,9 @@ mod tests {
         c.puk = Some("12345678".into());
         c.mgmt_key = Some("aabb".into());
         let d = format!("{c:?}");
-        assert!(!d.contains("482913") && !d.contains("12345678") && !d.contains("aabb"), "{d}");
+        assert!(
+            !d.contains("482913") && !d.contains("12345678") && !d.contains("aabb"),
+            "{d}"
+        );
     }
 }

@@ -7,8 +7,8 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
-pub mod crypto;
 pub mod config;
+pub mod crypto;
 pub mod csr;
 pub mod enroll;
 pub mod error;

@@ -124,7 +124,10 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String,
 }
 
 fn parse<T: std::str::FromStr<Err = String>>(v: &Option<String>) -> Result<Option<T>, Error> {
-    v.as_deref().map(str::parse).transpose().map_err(Error::Usage)
+    v.as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(Error::Usage)
 }
 
 /// Defaults that apply to slots that do not set their own (flags or profile top level).
@@ -162,11 +165,12 @@ pub fn resolve(
                 .transpose()
                 .map(|v| v.filter(|s| !s.trim().is_empty()))
         };
-        let common_name = fill(pick(&spec.common_name, &defaults.common_name))?.ok_or_else(|| {
-            Error::Usage(format!(
-                "slot {slot}: no common name (give --cn or common_name in the profile)"
-            ))
-        })?;
+        let common_name =
+            fill(pick(&spec.common_name, &defaults.common_name))?.ok_or_else(|| {
+                Error::Usage(format!(
+                    "slot {slot}: no common name (give --cn or common_name in the profile)"
+                ))
+            })?;
         out.push(SlotPlan {
             slot,
             algorithm,
@@ -204,7 +208,10 @@ mod tests {
     #[test]
     fn templates() {
         assert_eq!(render("yk-{serial}", &vars()).ok(), Some("yk-123".into()));
-        assert_eq!(render("{{x}} {name}", &vars()).ok(), Some("{x} Jane".into()));
+        assert_eq!(
+            render("{{x}} {name}", &vars()).ok(),
+            Some("{x} Jane".into())
+        );
         assert!(render("{nope}", &vars()).is_err());
         assert!(render("a}b", &vars()).is_err());
     }
@@ -226,7 +233,12 @@ mod tests {
         assert_eq!(plans[1].algorithm, Algorithm::P256);
         assert_eq!(plans[1].subject.common_name, "user 123");
         assert!(resolve(&[parse_slot_flag("9z").expect("spec")], &d, &vars()).is_err());
-        assert!(resolve(&[parse_slot_flag("9a").expect("9a")], &Defaults::default(), &vars()).is_err());
+        assert!(resolve(
+            &[parse_slot_flag("9a").expect("9a")],
+            &Defaults::default(),
+            &vars()
+        )
+        .is_err());
     }
 
     #[test]

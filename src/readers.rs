@@ -56,7 +56,8 @@ impl Watcher {
     fn refresh_readers(&mut self) -> Result<(), TokenError> {
         let names = self.reader_names()?;
         let pnp = self.states.pop();
-        self.states.retain(|s| names.iter().any(|n| n.as_c_str() == s.name()));
+        self.states
+            .retain(|s| names.iter().any(|n| n.as_c_str() == s.name()));
         for n in names {
             if !self.states.iter().any(|s| s.name() == n.as_c_str()) {
                 self.states

@@ -39,9 +39,16 @@ impl std::str::FromStr for Threshold {
     /// `2/3`, `0.75`, `75%`, or a duration left: `30d`, `12h`, `90m`, `45s`.
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let bad = || format!("threshold '{s}': use a fraction (2/3, 0.75, 75%) or a duration left (30d, 12h)");
+        let bad = || {
+            format!(
+                "threshold '{s}': use a fraction (2/3, 0.75, 75%) or a duration left (30d, 12h)"
+            )
+        };
         let frac = if let Some((a, b)) = s.split_once('/') {
-            let (a, b): (f64, f64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+            let (a, b): (f64, f64) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
             Some(a / b)
         } else if let Some(p) = s.strip_suffix('%') {
             Some(p.trim().parse::<f64>().map_err(|_| bad())? / 100.0)
@@ -49,7 +56,11 @@ impl std::str::FromStr for Threshold {
             s.parse::<f64>().ok()
         };
         if let Some(f) = frac {
-            return if f > 0.0 && f < 1.0 { Ok(Threshold::Fraction(f)) } else { Err(bad()) };
+            return if f > 0.0 && f < 1.0 {
+                Ok(Threshold::Fraction(f))
+            } else {
+                Err(bad())
+            };
         }
         let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
         let n: u64 = digits.parse().map_err(|_| bad())?;
@@ -159,8 +170,12 @@ fn subject_of(cert: &Certificate) -> Subject {
 pub fn current(token: &mut dyn PivToken, ca_subjects: &[String]) -> Result<Vec<Current>, Error> {
     let mut out = Vec::new();
     for slot in Slot::all() {
-        let Some(der) = token.read_certificate(slot)? else { continue };
-        let Ok(cert) = Certificate::from_der(&der) else { continue };
+        let Some(der) = token.read_certificate(slot)? else {
+            continue;
+        };
+        let Ok(cert) = Certificate::from_der(&der) else {
+            continue;
+        };
         let tbs = cert.tbs_certificate();
         let issuer = tbs.issuer().to_string();
         if !ca_subjects.contains(&issuer) {
@@ -202,9 +217,16 @@ impl Journal {
     }
 
     /// Record a new key durably (written, fsynced, renamed into place).
-    pub fn record(&self, serial: u32, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
+    pub fn record(
+        &self,
+        serial: u32,
+        slot: Slot,
+        key: &SubjectPublicKeyInfoOwned,
+    ) -> Result<(), Error> {
         use std::io::Write;
-        let io = |e: std::io::Error| Error::Config(format!("renew journal in {}: {e}", self.dir.display()));
+        let io = |e: std::io::Error| {
+            Error::Config(format!("renew journal in {}: {e}", self.dir.display()))
+        };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
         let der = key.to_der().map_err(|e| Error::Config(e.to_string()))?;
         let tmp = self.path(serial, slot).with_extension("tmp");
@@ -230,8 +252,14 @@ impl Journal {
 
 /// Whether the slot's private key is the one behind `key`: a test signature (needs the
 /// PIN verified) checked locally.
-pub fn slot_holds_key(token: &mut dyn PivToken, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> bool {
-    let Some(alg) = crate::crypto::algorithm_of(key) else { return false };
+pub fn slot_holds_key(
+    token: &mut dyn PivToken,
+    slot: Slot,
+    key: &SubjectPublicKeyInfoOwned,
+) -> bool {
+    let Some(alg) = crate::crypto::algorithm_of(key) else {
+        return false;
+    };
     let mut challenge = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut challenge);
     match token.sign_raw(slot, alg, &crate::crypto::card_input(alg, &challenge)) {
@@ -241,7 +269,12 @@ pub fn slot_holds_key(token: &mut dyn PivToken, slot: Slot, key: &SubjectPublicK
 }
 
 /// What to renew now, with `--check`'s view of every candidate.
-pub fn assess(certs: &[Current], pending: &dyn Fn(Slot) -> bool, t: Threshold, now: SystemTime) -> Vec<Due> {
+pub fn assess(
+    certs: &[Current],
+    pending: &dyn Fn(Slot) -> bool,
+    t: Threshold,
+    now: SystemTime,
+) -> Vec<Due> {
     certs
         .iter()
         .map(|c| {
@@ -305,9 +338,8 @@ pub fn renew(
     };
     let mut fatal = None;
     for c in todo {
-        let algorithm = crate::crypto::algorithm_of(&c.key).ok_or_else(|| {
-            Error::Usage(format!("slot {}: unsupported key type", c.slot))
-        })?;
+        let algorithm = crate::crypto::algorithm_of(&c.key)
+            .ok_or_else(|| Error::Usage(format!("slot {}: unsupported key type", c.slot)))?;
         let sp = SlotPlan {
             slot: c.slot,
             algorithm,
@@ -321,17 +353,25 @@ pub fn renew(
         token.verify_pin(pin)?;
         let choice = match journal.pending(info.serial, c.slot) {
             Some(k) if k != c.key && slot_holds_key(token, c.slot, &k) => {
-                log::info!("slot {}: finishing a renewal whose key was generated earlier", c.slot);
+                log::info!(
+                    "slot {}: finishing a renewal whose key was generated earlier",
+                    c.slot
+                );
                 KeyChoice::Existing(k)
             }
             _ if reuse_key => KeyChoice::Existing(c.key.clone()),
             _ => KeyChoice::Generate,
         };
-        let mut obs = JournalObserver { journal, serial: info.serial };
+        let mut obs = JournalObserver {
+            journal,
+            serial: info.serial,
+        };
         match enroll::enroll_slot(token, ctx, &sp, pin, choice, &mut obs) {
             Ok(a) => {
                 journal.clear(info.serial, c.slot);
-                report.slots.push(enroll::slot_report(&sp, "renewed", &a, &[]));
+                report
+                    .slots
+                    .push(enroll::slot_report(&sp, "renewed", &a, &[]));
             }
             Err(e) => {
                 report.slots.push(enroll::failed_report(&sp, &e));
@@ -350,10 +390,16 @@ mod tests {
 
     #[test]
     fn thresholds_parse() {
-        assert_eq!("2/3".parse::<Threshold>(), Ok(Threshold::Fraction(2.0 / 3.0)));
+        assert_eq!(
+            "2/3".parse::<Threshold>(),
+            Ok(Threshold::Fraction(2.0 / 3.0))
+        );
         assert_eq!("75%".parse::<Threshold>(), Ok(Threshold::Fraction(0.75)));
         assert_eq!("0.5".parse::<Threshold>(), Ok(Threshold::Fraction(0.5)));
-        assert_eq!("30d".parse::<Threshold>(), Ok(Threshold::Remaining(Duration::from_secs(30 * 86400))));
+        assert_eq!(
+            "30d".parse::<Threshold>(),
+            Ok(Threshold::Remaining(Duration::from_secs(30 * 86400)))
+        );
         for bad in ["1.5", "0", "3/2", "x", "10y", ""] {
             assert!(bad.parse::<Threshold>().is_err(), "{bad}");
         }
@@ -363,11 +409,22 @@ mod tests {
     fn due_moments() {
         let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let na = nb + Duration::from_secs(300);
-        assert_eq!(due_at(nb, na, Threshold::Fraction(0.5)), nb + Duration::from_secs(150));
+        assert_eq!(
+            due_at(nb, na, Threshold::Fraction(0.5)),
+            nb + Duration::from_secs(150)
+        );
         let two_thirds = due_at(nb, na, Threshold::default());
-        let off = two_thirds.duration_since(nb + Duration::from_secs(200)).unwrap_or_else(|e| e.duration());
+        let off = two_thirds
+            .duration_since(nb + Duration::from_secs(200))
+            .unwrap_or_else(|e| e.duration());
         assert!(off < Duration::from_millis(1), "{off:?}");
-        assert_eq!(due_at(nb, na, Threshold::Remaining(Duration::from_secs(60))), nb + Duration::from_secs(240));
-        assert_eq!(due_at(nb, na, Threshold::Remaining(Duration::from_secs(600))), nb);
+        assert_eq!(
+            due_at(nb, na, Threshold::Remaining(Duration::from_secs(60))),
+            nb + Duration::from_secs(240)
+        );
+        assert_eq!(
+            due_at(nb, na, Threshold::Remaining(Duration::from_secs(600))),
+            nb
+        );
     }
 }

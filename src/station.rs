@@ -116,12 +116,15 @@ impl StationProfile {
     pub fn load(path: &Path) -> Result<(StationProfile, BTreeMap<u32, TokenEntry>), Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        let p: StationProfile = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let p: StationProfile =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         if p.slots.is_empty() {
             return Err(Error::Config(format!("{}: no [[slot]]", path.display())));
         }
-        for (what, n) in [("pin_length", p.credentials.pin_length), ("puk_length", p.credentials.puk_length)] {
+        for (what, n) in [
+            ("pin_length", p.credentials.pin_length),
+            ("puk_length", p.credentials.puk_length),
+        ] {
             if !(6..=8).contains(&n) {
                 return Err(Error::Config(format!("credentials.{what} must be 6 to 8")));
             }
@@ -139,8 +142,9 @@ impl StationProfile {
             } else {
                 f.clone()
             };
-            let text = std::fs::read_to_string(&f)
-                .map_err(|e| Error::Config(format!("cannot read allow-list {}: {e}", f.display())))?;
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                Error::Config(format!("cannot read allow-list {}: {e}", f.display()))
+            })?;
             let list: AllowList = toml::from_str(&text)
                 .map_err(|e| Error::Config(format!("{}: {e}", f.display())))?;
             for t in list.token {
@@ -148,7 +152,8 @@ impl StationProfile {
             }
         } else if !p.tokens.allow_unknown {
             return Err(Error::Config(
-                "the profile names no tokens.allow_list and does not set tokens.allow_unknown".into(),
+                "the profile names no tokens.allow_list and does not set tokens.allow_unknown"
+                    .into(),
             ));
         }
         // Every template must render for a made-up token.
@@ -207,6 +212,9 @@ pub struct TokenLine {
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The failure was Vault being unavailable: trying again later may succeed.
+    #[serde(skip)]
+    pub vault_unavailable: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -237,7 +245,9 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 impl Journal {
@@ -313,8 +323,12 @@ impl Observer for Recorder<'_, '_> {
                 serde_json::to_value(cert).map_err(|e| Error::Config(e.to_string()))?,
             );
         }
-        self.rec.version =
-            escrow::write(self.st.issuer.client(), &mut self.rec.record, self.rec.version, &self.st.by)?;
+        self.rec.version = escrow::write(
+            self.st.issuer.client(),
+            &mut self.rec.record,
+            self.rec.version,
+            &self.st.by,
+        )?;
         self.st.checkpoint("sign");
         Ok(())
     }
@@ -391,7 +405,11 @@ impl Station<'_> {
             self.write(rec)?;
         }
         let live = &rec.record.live;
-        let pin = Pin::new(live.pin.clone().ok_or_else(|| Error::Config("escrow record without PIN".into()))?);
+        let pin = Pin::new(
+            live.pin
+                .clone()
+                .ok_or_else(|| Error::Config("escrow record without PIN".into()))?,
+        );
         let key = MgmKeyHex::new(
             live.mgmt_key
                 .clone()
@@ -407,7 +425,12 @@ impl Station<'_> {
 
     /// Apply pending credentials in a fixed order (PIN, PUK, management key), probing each
     /// first so that a run that died between "applied" and "recorded" is finished.
-    fn apply(&self, token: &mut dyn PivToken, rec: &mut Versioned, p: &Credentials) -> Result<(), Error> {
+    fn apply(
+        &self,
+        token: &mut dyn PivToken,
+        rec: &mut Versioned,
+        p: &Credentials,
+    ) -> Result<(), Error> {
         let missing = || Error::Config("pending credentials are incomplete".into());
         // PIN: the live one first (the usual state after a crash is "not yet applied").
         if rec.record.live.pin != p.pin {
@@ -415,7 +438,9 @@ impl Station<'_> {
             let old = Pin::new(rec.record.live.pin.clone().ok_or_else(missing)?);
             match enroll::verify_pin_safely(token, &old) {
                 Ok(()) => token.change_pin(&old, &new)?,
-                Err(Error::Token(TokenError::WrongPin { .. })) => enroll::verify_pin_safely(token, &new)?,
+                Err(Error::Token(TokenError::WrongPin { .. })) => {
+                    enroll::verify_pin_safely(token, &new)?
+                }
                 Err(e) => return Err(e),
             }
             rec.record.live.pin = p.pin.clone();
@@ -436,9 +461,15 @@ impl Station<'_> {
         }
         // Management key: authenticate with the live one, else the pending one (no retry
         // counter on either), then (re)write the pending one so protection is in place.
-        if rec.record.live.mgmt_key != p.mgmt_key || rec.record.live.mgmt_key_protected != p.mgmt_key_protected {
+        if rec.record.live.mgmt_key != p.mgmt_key
+            || rec.record.live.mgmt_key_protected != p.mgmt_key_protected
+        {
             let v = token.info().version;
-            let live_alg = rec.record.live.mgm_algorithm().unwrap_or_else(|| MgmAlgorithm::factory_default(v));
+            let live_alg = rec
+                .record
+                .live
+                .mgm_algorithm()
+                .unwrap_or_else(|| MgmAlgorithm::factory_default(v));
             let new_alg = p.mgm_algorithm().unwrap_or(live_alg);
             let live_key = MgmKeyHex::new(rec.record.live.mgmt_key.clone().ok_or_else(missing)?);
             let new_key = MgmKeyHex::new(p.mgmt_key.clone().ok_or_else(missing)?);
@@ -471,10 +502,12 @@ impl Station<'_> {
             record_version: None,
             duration_ms: 0,
             error: None,
+            vault_unavailable: false,
         };
         match self.process_inner(token, &mut line) {
             Ok(()) => {}
             Err(e) => {
+                line.vault_unavailable = matches!(&e, Error::Vault(v) if v.is_unavailable());
                 line.result = match &e {
                     Error::Token(TokenError::CardRemoved) => "removed".into(),
                     _ if line.result == "refused" => "refused".into(),
@@ -502,11 +535,16 @@ impl Station<'_> {
             },
             None => {
                 line.result = "refused".into();
-                return Err(Error::Usage(format!("serial {serial} is not on the allow-list")));
+                return Err(Error::Usage(format!(
+                    "serial {serial} is not on the allow-list"
+                )));
             }
         };
-        let plan: Vec<SlotPlan> =
-            profile::resolve(&self.profile.slots, &self.profile.defaults(), &vars_of(&entry))?;
+        let plan: Vec<SlotPlan> = profile::resolve(
+            &self.profile.slots,
+            &self.profile.defaults(),
+            &vars_of(&entry),
+        )?;
         enroll::Plan {
             slots: plan.clone(),
             force: true,
@@ -532,12 +570,18 @@ impl Station<'_> {
         if rec.record.state.get("enrolled") == Some(&serde_json::Value::Bool(true)) {
             let mut all = true;
             for sp in &plan {
-                let want = rec.record.state.get("slots").and_then(|s| s.get(sp.slot.to_string()));
+                let want = rec
+                    .record
+                    .state
+                    .get("slots")
+                    .and_then(|s| s.get(sp.slot.to_string()));
                 let want_sha = want
                     .and_then(|w| w.get("certificate_pem"))
                     .and_then(|p| p.as_str())
                     .and_then(sha_of_pem);
-                let have = token.read_certificate(sp.slot)?.map(|d| crate::crypto::sha256_hex(&d));
+                let have = token
+                    .read_certificate(sp.slot)?
+                    .map(|d| crate::crypto::sha256_hex(&d));
                 all &= want_sha.is_some() && want_sha == have;
             }
             if all {
@@ -559,13 +603,17 @@ impl Station<'_> {
             anchors_der: self.anchors_der.clone(),
         };
         for sp in &plan {
-            let recorded: Option<Issued> = journal.issued.get(&sp.slot.to_string()).cloned().or_else(|| {
-                rec.record
-                    .state
-                    .get("slots")
-                    .and_then(|s| s.get(sp.slot.to_string()))
-                    .and_then(|v| serde_json::from_value(v.clone()).ok())
-            });
+            let recorded: Option<Issued> = journal
+                .issued
+                .get(&sp.slot.to_string())
+                .cloned()
+                .or_else(|| {
+                    rec.record
+                        .state
+                        .get("slots")
+                        .and_then(|s| s.get(sp.slot.to_string()))
+                        .and_then(|v| serde_json::from_value(v.clone()).ok())
+                });
             let current = token.read_certificate(sp.slot)?;
             if let Some(iss) = &recorded {
                 let rec_der = crate::verify::pem_bundle_to_der(&iss.certificate_pem)
@@ -614,7 +662,11 @@ impl Station<'_> {
         self.write(&mut rec)?;
         let _ = std::fs::remove_file(Journal::path(&self.journal_dir, serial));
         line.record_version = Some(rec.version);
-        line.result = if resumed { "resumed".into() } else { "enrolled".into() };
+        line.result = if resumed {
+            "resumed".into()
+        } else {
+            "enrolled".into()
+        };
         Ok(())
     }
 }
@@ -648,12 +700,17 @@ pub fn append_report(path: &Path, line: &TokenLine) -> Result<(), Error> {
 }
 
 /// When a station run ends by itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Stop after this many token reports.
     pub max_tokens: Option<usize>,
     /// Stop when no token is in flight and nothing happened for this long.
     pub idle_exit: Option<Duration>,
+    /// Watch only these readers (exact PC/SC names); all when empty.
+    pub readers: Vec<String>,
+    /// How long a token waits in its reader for an unavailable Vault before it is reported
+    /// failed.
+    pub vault_wait: Duration,
 }
 
 /// Counts for the closing summary.
@@ -682,14 +739,18 @@ pub fn run(
         let mut last_activity = Instant::now();
         loop {
             let done = stop.load(Ordering::SeqCst)
-                || opts.max_tokens.is_some_and(|m| summary.tokens + busy.len() >= m)
+                || opts
+                    .max_tokens
+                    .is_some_and(|m| summary.tokens + busy.len() >= m)
                 || (busy.is_empty()
                     && opts.idle_exit.is_some_and(|d| last_activity.elapsed() >= d));
             if done {
                 break;
             }
+            let mine = |r: &str| opts.readers.is_empty() || opts.readers.iter().any(|x| x == r);
             for ev in watcher.poll(Duration::from_millis(250))? {
                 match ev {
+                    ReaderEvent::Inserted(r) | ReaderEvent::Removed(r) if !mine(&r) => {}
                     ReaderEvent::Inserted(reader) if !busy.contains(&reader) => {
                         last_activity = Instant::now();
                         on_event(&format!("{reader}: token inserted"));
@@ -701,8 +762,25 @@ pub fn run(
                                 reader: Some(reader.clone()),
                             }) {
                                 Ok(mut t) => {
-                                    on_event(&format!("{reader}: serial {} working", t.info().serial));
-                                    st.process(&mut t)
+                                    let serial = t.info().serial;
+                                    on_event(&format!("{reader}: serial {serial} working"));
+                                    let t0 = Instant::now();
+                                    loop {
+                                        let line = st.process(&mut t);
+                                        // Vault away: the token waits in its reader and the
+                                        // work resumes (journal + record) when it is back.
+                                        if !line.vault_unavailable
+                                            || stop.load(Ordering::SeqCst)
+                                            || t0.elapsed() >= opts.vault_wait
+                                        {
+                                            break line;
+                                        }
+                                        on_event(&format!(
+                                            "{reader}: serial {serial} waiting for Vault: {}",
+                                            line.error.as_deref().unwrap_or("unavailable")
+                                        ));
+                                        std::thread::sleep(Duration::from_secs(2));
+                                    }
                                 }
                                 Err(e) => TokenLine {
                                     schema: crate::report::SCHEMA_VERSION,
@@ -714,6 +792,7 @@ pub fn run(
                                     record_version: None,
                                     duration_ms: 0,
                                     error: Some(e.to_string()),
+                                    vault_unavailable: false,
                                 },
                             };
                             let _ = tx.send((reader, line));
@@ -766,6 +845,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_profile_parses() {
+        let p: StationProfile =
+            toml::from_str(include_str!("../udev/station.example.toml")).expect("example");
+        assert_eq!(p.slots.len(), 3);
+        assert_eq!(p.common_name.as_deref(), Some("{name}"));
+    }
+
+    #[test]
     fn profiles_are_checked() {
         let dir = tempfile::tempdir().expect("dir");
         let p = dir.path().join("station.toml");
@@ -779,7 +866,10 @@ mod tests {
         .expect("write");
         let (prof, allow) = StationProfile::load(&p).expect("profile");
         assert_eq!(prof.credentials.pin_length, 6);
-        assert_eq!(allow.get(&7).and_then(|t| t.name.clone()).as_deref(), Some("Jane"));
+        assert_eq!(
+            allow.get(&7).and_then(|t| t.name.clone()).as_deref(),
+            Some("Jane")
+        );
 
         for bad in [
             "[[slot]]\nslot = \"9a\"\ncommon_name = \"x\"\n", // no allow-list, no allow_unknown

@@ -2,7 +2,9 @@
 
 use crate::crypto;
 use crate::error::Error;
-use crate::piv::{Algorithm, FirmwareVersion, MgmAlgorithm, PinPolicy, PivToken, Slot, TokenError, TouchPolicy};
+use crate::piv::{
+    Algorithm, FirmwareVersion, MgmAlgorithm, PinPolicy, PivToken, Slot, TokenError, TouchPolicy,
+};
 use crate::report::{rfc3339, SCHEMA_VERSION};
 use crate::verify;
 use serde::Serialize;
@@ -44,7 +46,8 @@ pub struct TokenStatus {
     pub serial: u32,
     pub firmware: FirmwareVersion,
     pub reader: String,
-    pub pin_tries_left: u8,
+    /// `None` when the token is in a PIN-verified state and does not tell the count.
+    pub pin_tries_left: Option<u8>,
     /// `None` when the firmware cannot tell without spending a try.
     pub puk_tries_left: Option<u8>,
     pub mgmt_key_algorithm: Option<MgmAlgorithm>,
@@ -98,7 +101,9 @@ pub fn read(token: &mut dyn PivToken) -> Result<TokenStatus, Error> {
             if st.key_algorithm.is_none() {
                 st.key_algorithm = cert_key.as_ref().and_then(crypto::algorithm_of);
             }
-            if let (Some(k), Some(ck)) = (key.as_ref().and_then(|k| k.public_key.as_ref()), &cert_key) {
+            if let (Some(k), Some(ck)) =
+                (key.as_ref().and_then(|k| k.public_key.as_ref()), &cert_key)
+            {
                 st.certificate_matches_key = Some(k == ck);
             }
         }
@@ -126,7 +131,9 @@ impl TokenStatus {
             self.serial,
             self.firmware,
             self.reader,
-            self.pin_tries_left,
+            self.pin_tries_left
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "not shown (PIN verified)".into()),
             opt(self.puk_tries_left.map(|n| n.to_string())),
             opt(self.mgmt_key_algorithm.map(|a| a.to_string())),
             if self.mgmt_key_pin_protected { ", PIN-protected on the token" } else { "" },

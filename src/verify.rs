@@ -23,7 +23,10 @@ pub enum VerifyError {
     #[error("the certificate does not chain to {anchor}: {detail}")]
     Chain { anchor: String, detail: String },
     #[error("the certificate is not valid now (not before {not_before}, not after {not_after})")]
-    NotValidNow { not_before: String, not_after: String },
+    NotValidNow {
+        not_before: String,
+        not_after: String,
+    },
     #[error("the certificate's key usage does not allow {needed} for slot {slot}")]
     KeyUsage { slot: Slot, needed: String },
     #[error("Vault returned no CA chain and no trust anchor is configured")]
@@ -177,13 +180,16 @@ pub fn check(cert_der: &[u8], want: &Expectation<'_>) -> Result<Accepted, Verify
 
     // Path validation: the anchors are the configured ones, else the last (root) cert of
     // Vault's chain; the other chain certs are intermediates.
-    let (anchor_ders, intermediates): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) = if !want.anchors_der.is_empty()
-    {
-        (want.anchors_der.iter().collect(), want.chain_der.iter().collect())
-    } else {
-        let (root, rest) = want.chain_der.split_last().ok_or(VerifyError::NoAnchor)?;
-        (vec![root], rest.iter().collect())
-    };
+    let (anchor_ders, intermediates): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
+        if !want.anchors_der.is_empty() {
+            (
+                want.anchors_der.iter().collect(),
+                want.chain_der.iter().collect(),
+            )
+        } else {
+            let (root, rest) = want.chain_der.split_last().ok_or(VerifyError::NoAnchor)?;
+            (vec![root], rest.iter().collect())
+        };
     let anchor_name = if want.anchors_der.is_empty() {
         "the CA chain Vault returned"
     } else {
@@ -228,7 +234,10 @@ pub fn check(cert_der: &[u8], want: &Expectation<'_>) -> Result<Accepted, Verify
         detail: match &e {
             #[allow(deprecated)]
             webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
-                format!("it lacks the extended key usage {} needs ({e:?})", want.role)
+                format!(
+                    "it lacks the extended key usage {} needs ({e:?})",
+                    want.role
+                )
             }
             other => format!("{other:?}"),
         },

@@ -20,7 +20,12 @@ fn env_for(vault: &Vault) -> Vec<(String, String)> {
 
 fn enroll_cmd(card: &Card, env: &[(String, String)], extra: &[&str]) -> Command {
     let mut c = pivault(env);
-    c.args(["enroll", "--serial", &card.serial.to_string(), "--default-mgmt-key"]);
+    c.args([
+        "enroll",
+        "--serial",
+        &card.serial.to_string(),
+        "--default-mgmt-key",
+    ]);
     c.args(extra);
     c
 }
@@ -46,7 +51,11 @@ fn error_line(o: &Output) -> String {
 
 fn assert_token_untouched(card: &Card, pin_tries: u64) {
     let st = status(card);
-    assert_eq!(st["slots"].as_array().map(Vec::len), Some(0), "slots changed: {st}");
+    assert_eq!(
+        st["slots"].as_array().map(Vec::len),
+        Some(0),
+        "slots changed: {st}"
+    );
     assert_eq!(st["pin_tries_left"], pin_tries, "PIN counter changed: {st}");
 }
 
@@ -87,9 +96,19 @@ fn enroll_all_four_roles_then_cross_check_with_third_party_tools() {
     assert_eq!(report["token_serial"], card.serial);
     let slots = report["slots"].as_array().expect("slots");
     let want = [
-        ("9a", "yubikey-piv-auth", "p256", "TLS Web Client Authentication"),
+        (
+            "9a",
+            "yubikey-piv-auth",
+            "p256",
+            "TLS Web Client Authentication",
+        ),
         ("9c", "yubikey-piv-code-signing", "rsa2048", "Code Signing"),
-        ("9d", "yubikey-piv-email-signing", "p256", "E-mail Protection"),
+        (
+            "9d",
+            "yubikey-piv-email-signing",
+            "p256",
+            "E-mail Protection",
+        ),
         ("9e", "yubikey-piv", "p256", "TLS Web Client Authentication"),
     ];
     assert_eq!(slots.len(), 4);
@@ -116,7 +135,10 @@ fn enroll_all_four_roles_then_cross_check_with_third_party_tools() {
             "{t}"
         );
         if *slot == "9a" {
-            assert!(t.contains("Microsoft Smartcard Login") || t.contains("1.3.6.1.4.1.311.20.2.2"), "{t}");
+            assert!(
+                t.contains("Microsoft Smartcard Login") || t.contains("1.3.6.1.4.1.311.20.2.2"),
+                "{t}"
+            );
             // The UPN appears exactly once (it travels only as other_sans).
             assert_eq!(t.matches("test.user@corp.example.org").count(), 1, "{t}");
         }
@@ -130,7 +152,10 @@ fn enroll_all_four_roles_then_cross_check_with_third_party_tools() {
     c.args(["-r", &card.reader, "-a", "status"]);
     let st = String::from_utf8_lossy(&run::ok(c).stdout).into_owned();
     for slot in ["9a", "9c", "9d", "9e"] {
-        assert!(st.contains(&format!("Slot {slot}")), "{slot} missing:\n{st}");
+        assert!(
+            st.contains(&format!("Slot {slot}")),
+            "{slot} missing:\n{st}"
+        );
     }
     assert!(st.contains("CHUID"), "CHUID not written:\n{st}");
 
@@ -147,7 +172,12 @@ fn enroll_all_four_roles_then_cross_check_with_third_party_tools() {
         std::fs::write(&data, format!("signed by slot {slot}")).expect("data");
         let sig = dir.path().join(format!("{slot}.sig"));
         let mut c = run::tool("pkcs11-tool");
-        c.args(["--module", &run::opensc_module(), "--slot-description", &card.reader]);
+        c.args([
+            "--module",
+            &run::opensc_module(),
+            "--slot-description",
+            &card.reader,
+        ]);
         c.args(["--login", "--pin", PIN, "--sign", "--id", id]);
         if rsa {
             c.args(["-m", "SHA256-RSA-PKCS"]);
@@ -194,11 +224,18 @@ fn occupied_slot_is_refused_without_force_and_replaced_with_it() {
     let o = run::run(enroll_cmd(&card, &env, &["--slot", "9e", "--cn", "Second"]));
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let line = error_line(&o);
-    assert!(line.contains("slot 9e already holds a certificate for CN=First"), "{line}");
+    assert!(
+        line.contains("slot 9e already holds a certificate for CN=First"),
+        "{line}"
+    );
     assert!(line.contains("--force"), "{line}");
     assert_eq!(status(&card), before, "the token changed");
 
-    let o = run::ok(enroll_cmd(&card, &env, &["--json", "--force", "--slot", "9e", "--cn", "Second"]));
+    let o = run::ok(enroll_cmd(
+        &card,
+        &env,
+        &["--json", "--force", "--slot", "9e", "--cn", "Second"],
+    ));
     assert_eq!(json(&o)["slots"][0]["subject"], "CN=Second");
 }
 
@@ -209,12 +246,31 @@ fn bad_input_is_refused_before_the_token_or_vault() {
     let env = env_for(&vault);
     for (args, needle) in [
         (vec!["--slot", "9b", "--cn", "x"], "unknown slot '9b'"),
-        (vec!["--slot", "9a:algorithm=rsa1024", "--cn", "x"], "unknown algorithm"),
-        (vec!["--slot", "9a", "--role", "admin", "--cn", "x"], "unknown role"),
-        (vec!["--slot", "9a", "--cn", "x", "--email", "not-an-address"], "not an e-mail address"),
+        (
+            vec!["--slot", "9a:algorithm=rsa1024", "--cn", "x"],
+            "unknown algorithm",
+        ),
+        (
+            vec!["--slot", "9a", "--role", "admin", "--cn", "x"],
+            "unknown role",
+        ),
+        (
+            vec!["--slot", "9a", "--cn", "x", "--email", "not-an-address"],
+            "not an e-mail address",
+        ),
         (vec!["--slot", "9a", "--cn", "{nope}"], "{nope}"),
         (vec!["--slot", "9a"], "no common name"),
-        (vec!["--slot", "9a", "--cn", "x", "--profile", "/nonexistent.toml"], "cannot read profile"),
+        (
+            vec![
+                "--slot",
+                "9a",
+                "--cn",
+                "x",
+                "--profile",
+                "/nonexistent.toml",
+            ],
+            "cannot read profile",
+        ),
     ] {
         let o = run::run(enroll_cmd(&card, &env, &args));
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
@@ -240,9 +296,17 @@ fn vault_failures_are_one_actionable_line_and_leave_the_token_alone() {
     let slot = ["--slot", "9a", "--cn", "Jane"];
 
     // Wrong secret_id.
-    let o = run::run(enroll_cmd(&card, &with("PIVAULT_SECRET_ID", "00000000-0000-0000-0000-000000000000"), &slot));
+    let o = run::run(enroll_cmd(
+        &card,
+        &with("PIVAULT_SECRET_ID", "00000000-0000-0000-0000-000000000000"),
+        &slot,
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(error_line(&o).contains("invalid role or secret ID"), "{}", text(&o));
+    assert!(
+        error_line(&o).contains("invalid role or secret ID"),
+        "{}",
+        text(&o)
+    );
 
     // An AppRole whose policy lacks the sign path: the refused path is named.
     let (nosign_role, nosign_secret) = vault.nosign.clone().expect("test roles provisioned");
@@ -253,10 +317,17 @@ fn vault_failures_are_one_actionable_line_and_leave_the_token_alone() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let line = error_line(&o);
     assert!(line.contains("pki/sign/yubikey-piv-auth"), "{line}");
-    assert!(line.contains("403") || line.contains("permission denied"), "{line}");
+    assert!(
+        line.contains("403") || line.contains("permission denied"),
+        "{line}"
+    );
 
     // Wrong namespace.
-    let o = run::run(enroll_cmd(&card, &with("VAULT_NAMESPACE", "no-such-team"), &slot));
+    let o = run::run(enroll_cmd(
+        &card,
+        &with("VAULT_NAMESPACE", "no-such-team"),
+        &slot,
+    ));
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     assert!(error_line(&o).contains("namespace"), "{}", text(&o));
 
@@ -269,13 +340,25 @@ fn vault_failures_are_one_actionable_line_and_leave_the_token_alone() {
         "allow_subdomains=true",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let o = run::run(enroll_cmd(&card, &base, &["--slot", "9a", "--cn", "evil.com"]));
+    let o = run::run(enroll_cmd(
+        &card,
+        &base,
+        &["--slot", "9a", "--cn", "evil.com"],
+    ));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let line = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    let line =
+        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
     assert!(line.contains("not allowed by this role"), "{}", text(&o));
     // The key was generated (the CN is checked by Vault after the CSR), nothing imported.
     let st = status(&card);
-    assert!(st["slots"].as_array().expect("slots").iter().all(|s| s.get("subject").is_none()), "{st}");
+    assert!(
+        st["slots"]
+            .as_array()
+            .expect("slots")
+            .iter()
+            .all(|s| s.get("subject").is_none()),
+        "{st}"
+    );
     assert_eq!(vault.issued_cert_count(), 0);
 }
 
@@ -288,7 +371,11 @@ fn sealed_or_stopped_vault_exits_4_and_changes_nothing() {
     vault.seal();
     let o = run::run(enroll_cmd(&card, &env, &slot));
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
-    assert!(error_line(&o).to_lowercase().contains("sealed"), "{}", text(&o));
+    assert!(
+        error_line(&o).to_lowercase().contains("sealed"),
+        "{}",
+        text(&o)
+    );
     vault.unseal();
     vault.stop();
     let o = run::run(enroll_cmd(&card, &env, &slot));
@@ -310,11 +397,21 @@ fn tls_needs_the_ca_bundle() {
     let o = run::run(enroll_cmd(&card, &env, &["--slot", "9e", "--cn", "Jane"]));
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     let line = error_line(&o);
-    assert!(line.contains("TLS") || line.contains("certificate"), "{line}");
-    assert!(line.contains("VAULT_CACERT") || line.contains("--ca-cert"), "{line}");
+    assert!(
+        line.contains("TLS") || line.contains("certificate"),
+        "{line}"
+    );
+    assert!(
+        line.contains("VAULT_CACERT") || line.contains("--ca-cert"),
+        "{line}"
+    );
     assert_token_untouched(&card, 3);
     // With the bundle it works.
-    run::ok(enroll_cmd(&card, &env_for(&vault), &["--slot", "9e", "--cn", "Jane"]));
+    run::ok(enroll_cmd(
+        &card,
+        &env_for(&vault),
+        &["--slot", "9e", "--cn", "Jane"],
+    ));
 }
 
 #[test]
@@ -324,7 +421,11 @@ fn namespace_is_sent_on_every_call() {
         ..Default::default()
     });
     let card = Card::start();
-    let o = run::ok(enroll_cmd(&card, &env_for(&vault), &["--json", "--slot", "9a", "--cn", "Jane"]));
+    let o = run::ok(enroll_cmd(
+        &card,
+        &env_for(&vault),
+        &["--json", "--slot", "9a", "--cn", "Jane"],
+    ));
     assert_eq!(json(&o)["ok"], true);
 }
 
@@ -343,7 +444,11 @@ fn wrong_pin_reports_tries_and_the_last_try_is_never_spent() {
     // One try left: pivault refuses to try, and the counter stays at 1.
     let o = run::run(enroll_cmd(&card, &env, &slot));
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(error_line(&o).contains("one PIN attempt is left"), "{}", text(&o));
+    assert!(
+        error_line(&o).contains("one PIN attempt is left"),
+        "{}",
+        text(&o)
+    );
     assert_token_untouched(&card, 1);
 }
 
@@ -355,9 +460,18 @@ fn token_removed_mid_enrollment_is_reported() {
     let mut c = enroll_cmd(
         &card,
         &env_for(&vault),
-        &["-v", "--slot", "9a", "--slot", "9c:algorithm=rsa2048", "--cn", "Jane"],
+        &[
+            "-v",
+            "--slot",
+            "9a",
+            "--slot",
+            "9c:algorithm=rsa2048",
+            "--cn",
+            "Jane",
+        ],
     );
-    c.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    c.stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
     let mut child = c.spawn().expect("spawn pivault");
     let stderr = child.stderr.take().expect("stderr");
     let mut seen = String::new();
@@ -383,7 +497,16 @@ fn no_secret_reaches_any_output_even_at_trace_level() {
     let pin = "73915824";
     let mgm = "8f3a9c1e5b7d2f4a6c8e0b1d3f5a7c9e1b3d5f7a9c2e4b6d";
     let mut c = run::tool("yubico-piv-tool");
-    c.args(["-r", &card.reader, "-a", "change-pin", "-P", "123456", "-N", pin]);
+    c.args([
+        "-r",
+        &card.reader,
+        "-a",
+        "change-pin",
+        "-P",
+        "123456",
+        "-N",
+        pin,
+    ]);
     run::ok(c);
     let mut c = run::tool("yubico-piv-tool");
     c.args(["-r", &card.reader, "-a", "set-mgm-key", "-n", mgm]);
@@ -397,7 +520,13 @@ fn no_secret_reaches_any_output_even_at_trace_level() {
     env.push(("PIVAULT_MGMT_KEY".into(), mgm.into()));
     env.push(("RUST_LOG".into(), "trace".into()));
     let mut c = pivault(&env);
-    c.args(["-vvv", "enroll", "--json", "--serial", &card.serial.to_string()]);
+    c.args([
+        "-vvv",
+        "enroll",
+        "--json",
+        "--serial",
+        &card.serial.to_string(),
+    ]);
     c.args(["--slot", "9a", "--cn", "Jane"]);
     let o = run::ok(c);
     let all = format!(
@@ -405,12 +534,25 @@ fn no_secret_reaches_any_output_even_at_trace_level() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(all.contains("TRACE") || all.contains("DEBUG"), "not verbose:\n{all}");
+    assert!(
+        all.contains("TRACE") || all.contains("DEBUG"),
+        "not verbose:\n{all}"
+    );
     let pin_hex: String = pin.bytes().map(|b| format!("{b:02x}")).collect();
-    assert!(!all.to_lowercase().replace(' ', "").contains(&pin_hex), "PIN leaked as hex");
-    for (what, s) in [("PIN", pin), ("management key", mgm), ("secret_id", secret_id.as_str())] {
+    assert!(
+        !all.to_lowercase().replace(' ', "").contains(&pin_hex),
+        "PIN leaked as hex"
+    );
+    for (what, s) in [
+        ("PIN", pin),
+        ("management key", mgm),
+        ("secret_id", secret_id.as_str()),
+    ] {
         assert!(!all.contains(s), "{what} leaked:\n{all}");
-        assert!(!all.to_lowercase().contains(&s.to_lowercase()), "{what} leaked");
+        assert!(
+            !all.to_lowercase().contains(&s.to_lowercase()),
+            "{what} leaked"
+        );
     }
     // No Vault token (OpenBao: s.xxx / hvs.xxx) either.
     let token_like = all

@@ -29,7 +29,12 @@ fn escrow_factory(vault: &Vault, card: &Card, dir: &std::path::Path) {
     });
     let f = dir.join("rec.json");
     std::fs::write(&f, rec.to_string()).expect("write");
-    let o = vault.bao(&["kv", "put", &format!("yubikeys/{}", card.serial), &format!("@{}", f.display())]);
+    let o = vault.bao(&[
+        "kv",
+        "put",
+        &format!("yubikeys/{}", card.serial),
+        &format!("@{}", f.display()),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -49,8 +54,22 @@ fn enroll(vault: &Vault, card: &Card, ttl: &str) {
     let mut env = vault.pivault_env();
     env.push(("PIVAULT_PIN".into(), PIN.into()));
     let mut c = pivault(&env);
-    c.args(["enroll", "--serial", &card.serial.to_string(), "--default-mgmt-key"]);
-    c.args(["--slot", "9a", "--cn", "Renew Me", "--upn", "renew.me@corp.example.org", "--ttl", ttl]);
+    c.args([
+        "enroll",
+        "--serial",
+        &card.serial.to_string(),
+        "--default-mgmt-key",
+    ]);
+    c.args([
+        "--slot",
+        "9a",
+        "--cn",
+        "Renew Me",
+        "--upn",
+        "renew.me@corp.example.org",
+        "--ttl",
+        ttl,
+    ]);
     run::ok(c);
 }
 
@@ -72,17 +91,39 @@ fn renew_only_when_due_rekeying_by_default() {
     let first = run::piv_tool_read_cert(&card.reader, "9a");
 
     // Vault backdates by 30 s: lifetime 90 s, a third elapsed at issue; due at half.
-    let o = run::run(cmd(&vault, &card, &["renew", "--check", "--threshold", "0.5"], &state));
+    let o = run::run(cmd(
+        &vault,
+        &card,
+        &["renew", "--check", "--threshold", "0.5"],
+        &state,
+    ));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("due at"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("due at"),
+        "{}",
+        text(&o)
+    );
     let o = run::ok(cmd(&vault, &card, &["renew", "--threshold", "0.5"], &state));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing is due"), "{}", text(&o));
-    assert_eq!(run::piv_tool_read_cert(&card.reader, "9a"), first, "renewed too early");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("nothing is due"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        run::piv_tool_read_cert(&card.reader, "9a"),
+        first,
+        "renewed too early"
+    );
 
     // As time passes it becomes due.
     let t0 = Instant::now();
     loop {
-        let o = run::run(cmd(&vault, &card, &["--json", "renew", "--check", "--threshold", "0.5"], &state));
+        let o = run::run(cmd(
+            &vault,
+            &card,
+            &["--json", "renew", "--check", "--threshold", "0.5"],
+            &state,
+        ));
         if o.status.code() == Some(10) {
             assert_eq!(json(&o)["slots"][0]["due"], true);
             break;
@@ -91,26 +132,61 @@ fn renew_only_when_due_rekeying_by_default() {
         assert!(t0.elapsed() < Duration::from_secs(60), "never became due");
         std::thread::sleep(Duration::from_secs(2));
     }
-    let o = run::ok(cmd(&vault, &card, &["--json", "renew", "--threshold", "0.5"], &state));
+    let o = run::ok(cmd(
+        &vault,
+        &card,
+        &["--json", "renew", "--threshold", "0.5"],
+        &state,
+    ));
     let r = json(&o);
     assert_eq!(r["command"], "renew");
     assert_eq!(r["slots"][0]["result"], "renewed", "{r}");
     let second = run::piv_tool_read_cert(&card.reader, "9a");
     assert_ne!(second, first);
-    assert_ne!(run::openssl_pubkey(&second, dir.path()), run::openssl_pubkey(&first, dir.path()), "not re-keyed");
+    assert_ne!(
+        run::openssl_pubkey(&second, dir.path()),
+        run::openssl_pubkey(&first, dir.path()),
+        "not re-keyed"
+    );
     let t = run::openssl_text(&second, dir.path());
-    assert!(t.contains("Renew Me") && t.contains("renew.me@corp.example.org"), "subject not kept:\n{t}");
+    assert!(
+        t.contains("Renew Me") && t.contains("renew.me@corp.example.org"),
+        "subject not kept:\n{t}"
+    );
     let v = run::openssl_verify(&second, &vault.root_pem, &vault.chain_pem, dir.path());
     assert!(v.status.success(), "{}", text(&v));
-    assert!(run::slot_key_matches_cert(&card.reader, "9a", PIN, dir.path()));
-    let o = run::run(cmd(&vault, &card, &["renew", "--check", "--threshold", "0.5"], &state));
-    assert_eq!(o.status.code(), Some(0), "the new certificate is not due: {}", text(&o));
+    assert!(run::slot_key_matches_cert(
+        &card.reader,
+        "9a",
+        PIN,
+        dir.path()
+    ));
+    let o = run::run(cmd(
+        &vault,
+        &card,
+        &["renew", "--check", "--threshold", "0.5"],
+        &state,
+    ));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the new certificate is not due: {}",
+        text(&o)
+    );
 
     // --reuse-key certifies the same key again.
-    let o = run::ok(cmd(&vault, &card, &["renew", "--reuse-key", "--threshold", "0.01"], &state));
+    let o = run::ok(cmd(
+        &vault,
+        &card,
+        &["renew", "--reuse-key", "--threshold", "0.01"],
+        &state,
+    ));
     let third = run::piv_tool_read_cert(&card.reader, "9a");
     assert_ne!(third, second, "{}", text(&o));
-    assert_eq!(run::openssl_pubkey(&third, dir.path()), run::openssl_pubkey(&second, dir.path()));
+    assert_eq!(
+        run::openssl_pubkey(&third, dir.path()),
+        run::openssl_pubkey(&second, dir.path())
+    );
 }
 
 #[test]
@@ -130,10 +206,23 @@ fn vault_down_changes_nothing_and_a_kill_after_keygen_is_finished() {
     c.env("PIVAULT_TEST_ABORT_AFTER", "generate");
     let o = run::run(c);
     assert!(!o.status.success(), "hook did not fire: {}", text(&o));
-    assert!(!run::slot_key_matches_cert(&card.reader, "9a", PIN, dir.path()), "key not replaced?");
-    let o = run::ok(cmd(&vault, &card, &["--json", "renew", "--threshold", "0.99"], &state));
+    assert!(
+        !run::slot_key_matches_cert(&card.reader, "9a", PIN, dir.path()),
+        "key not replaced?"
+    );
+    let o = run::ok(cmd(
+        &vault,
+        &card,
+        &["--json", "renew", "--threshold", "0.99"],
+        &state,
+    ));
     assert_eq!(json(&o)["slots"][0]["result"], "renewed", "{}", text(&o));
-    assert!(run::slot_key_matches_cert(&card.reader, "9a", PIN, dir.path()));
+    assert!(run::slot_key_matches_cert(
+        &card.reader,
+        "9a",
+        PIN,
+        dir.path()
+    ));
     let after_finish = run::piv_tool_read_cert(&card.reader, "9a");
     assert_ne!(after_finish, before);
 
@@ -142,7 +231,12 @@ fn vault_down_changes_nothing_and_a_kill_after_keygen_is_finished() {
     let o = run::run(cmd(&vault, &card, &["renew", "--threshold", "2h"], &state));
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert_eq!(run::piv_tool_read_cert(&card.reader, "9a"), after_finish);
-    assert!(run::slot_key_matches_cert(&card.reader, "9a", PIN, dir.path()));
+    assert!(run::slot_key_matches_cert(
+        &card.reader,
+        "9a",
+        PIN,
+        dir.path()
+    ));
 }
 
 #[test]
@@ -178,13 +272,30 @@ fn blocked_pin_is_unblocked_with_the_escrowed_puk_which_is_then_rotated() {
     c.args(["-r", &card.reader, "-a", "verify-pin", "-P", "48291573"]);
     run::ok(c);
 
-    let o = vault.bao(&["kv", "get", "-format=json", &format!("yubikeys/{}", card.serial)]);
+    let o = vault.bao(&[
+        "kv",
+        "get",
+        "-format=json",
+        &format!("yubikeys/{}", card.serial),
+    ]);
     let rec: Value = serde_json::from_slice(&o.stdout).expect("json");
-    let puk = rec["data"]["data"]["live"]["puk"].as_str().expect("puk").to_string();
+    let puk = rec["data"]["data"]["live"]["puk"]
+        .as_str()
+        .expect("puk")
+        .to_string();
     assert_ne!(puk, "12345678", "PUK not rotated");
     assert!(rec["data"]["data"].get("pending").is_none(), "{rec}");
     // The new PUK works (a change to itself succeeds only with the right PUK).
     let mut c = run::tool("yubico-piv-tool");
-    c.args(["-r", &card.reader, "-a", "change-puk", "-P", &puk, "-N", &puk]);
+    c.args([
+        "-r",
+        &card.reader,
+        "-a",
+        "change-puk",
+        "-P",
+        &puk,
+        "-N",
+        &puk,
+    ]);
     run::ok(c);
 }

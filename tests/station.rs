@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 struct Setup {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     profile: PathBuf,
     report: PathBuf,
     journal: PathBuf,
@@ -21,13 +21,20 @@ fn setup(serials: &[u32]) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let list: String = serials
         .iter()
-        .map(|s| format!("[[token]]\nserial = {s}\nname = \"User {s}\"\nemail = \"user{s}@example.org\"\n"))
+        .map(|s| {
+            format!(
+                "[[token]]\nserial = {s}\nname = \"User {s}\"\nemail = \"user{s}@example.org\"\n"
+            )
+        })
         .collect();
     std::fs::write(dir.path().join("tokens.toml"), list).expect("allow-list");
     let profile = dir.path().join("station.toml");
     std::fs::write(
         &profile,
         r#"
+common_name = "{name}"
+email = "{email}"
+
 [credentials]
 pin_length = 8
 puk_length = 8
@@ -36,9 +43,6 @@ protect_mgmt_key = true
 
 [tokens]
 allow_list = "tokens.toml"
-
-common_name = "{name}"
-email = "{email}"
 
 [[slot]]
 slot = "9a"
@@ -52,16 +56,29 @@ slot = "9d"
         report: dir.path().join("report.jsonl"),
         journal: dir.path().join("journal"),
         profile,
-        dir,
+        _dir: dir,
     }
 }
 
-fn station(vault: &Vault, s: &Setup, extra: &[&str], env: &[(&str, &str)]) -> Output {
+/// The station, watching only the readers of `cards` (other tests run cards too).
+fn station(
+    vault: &Vault,
+    s: &Setup,
+    cards: &[&Card],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let mut e = vault.pivault_env();
     e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let mut c = pivault(&e);
     c.args(["-v", "station", "--profile"]).arg(&s.profile);
-    c.arg("--report").arg(&s.report).arg("--journal-dir").arg(&s.journal);
+    for card in cards {
+        c.args(["--reader", &card.reader]);
+    }
+    c.arg("--report")
+        .arg(&s.report)
+        .arg("--journal-dir")
+        .arg(&s.journal);
     c.args(extra);
     run::run(c)
 }
@@ -92,14 +109,19 @@ fn pin_verifies(card: &Card, pin: &str) -> bool {
 fn assert_enrolled(vault: &Vault, card: &Card) {
     let rec = escrow(vault, card.serial);
     assert_eq!(rec["state"]["enrolled"], true, "{rec}");
-    assert!(rec.get("pending").is_none() || rec["pending"].is_null(), "{rec}");
+    assert!(
+        rec.get("pending").is_none() || rec["pending"].is_null(),
+        "{rec}"
+    );
     let pin = rec["live"]["pin"].as_str().expect("escrowed PIN");
     assert_ne!(pin, "123456");
     assert!(pin_verifies(card, pin), "escrowed PIN does not verify");
     let dir = tempfile::tempdir().expect("tmp");
     for slot in ["9a", "9d"] {
         let pem = run::piv_tool_read_cert(&card.reader, slot);
-        let want = rec["state"]["slots"][slot]["certificate_pem"].as_str().expect("recorded cert");
+        let want = rec["state"]["slots"][slot]["certificate_pem"]
+            .as_str()
+            .expect("recorded cert");
         assert_eq!(
             run::openssl_fingerprint(&pem, dir.path()),
             run::openssl_fingerprint(want, dir.path()),
@@ -114,7 +136,13 @@ fn two_tokens_enrolled_concurrently_with_escrowed_credentials() {
     let a = Card::start();
     let b = Card::start();
     let s = setup(&[a.serial, b.serial]);
-    let o = station(&vault, &s, &["--max-tokens", "2", "--idle-exit", "60"], &[]);
+    let o = station(
+        &vault,
+        &s,
+        &[&a, &b],
+        &["--max-tokens", "2", "--idle-exit", "60"],
+        &[],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let lines = report_lines(&s.report);
     assert_eq!(lines.len(), 2, "{lines:?}");
@@ -131,7 +159,10 @@ fn two_tokens_enrolled_concurrently_with_escrowed_credentials() {
         let dir = tempfile::tempdir().expect("tmp");
         for sl in l["slots"].as_array().expect("slots") {
             let pem = run::piv_tool_read_cert(&card.reader, sl["slot"].as_str().expect("slot"));
-            assert_eq!(run::openssl_fingerprint(&pem, dir.path()), sl["sha256_fingerprint"].as_str().expect("fp"));
+            assert_eq!(
+                run::openssl_fingerprint(&pem, dir.path()),
+                sl["sha256_fingerprint"].as_str().expect("fp")
+            );
         }
     }
     assert_eq!(vault.issued_cert_count(), 4);
@@ -139,7 +170,13 @@ fn two_tokens_enrolled_concurrently_with_escrowed_credentials() {
     assert!(err.contains("1 AppRole login(s)"), "{err}");
 
     // A second run leaves both alone.
-    let o = station(&vault, &s, &["--max-tokens", "2", "--idle-exit", "30"], &[]);
+    let o = station(
+        &vault,
+        &s,
+        &[&a, &b],
+        &["--max-tokens", "2", "--idle-exit", "30"],
+        &[],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let lines = report_lines(&s.report);
     assert_eq!(lines[2]["result"], "already-enrolled");
@@ -154,16 +191,35 @@ fn killed_at_each_step_boundary_then_resumed() {
         let card = Card::start();
         let s = setup(&[card.serial]);
         let before = vault.issued_cert_count();
-        let o = station(&vault, &s, &["--max-tokens", "1", "--idle-exit", "60"], &[("PIVAULT_TEST_ABORT_AFTER", step)]);
-        assert!(!o.status.success(), "step {step}: the hook did not fire\n{}", text(&o));
-        let o = station(&vault, &s, &["--max-tokens", "1", "--idle-exit", "60"], &[]);
+        let o = station(
+            &vault,
+            &s,
+            &[&card],
+            &["--max-tokens", "1", "--idle-exit", "60"],
+            &[("PIVAULT_TEST_ABORT_AFTER", step)],
+        );
+        assert!(
+            !o.status.success(),
+            "step {step}: the hook did not fire\n{}",
+            text(&o)
+        );
+        let o = station(
+            &vault,
+            &s,
+            &[&card],
+            &["--max-tokens", "1", "--idle-exit", "60"],
+            &[],
+        );
         assert!(o.status.success(), "step {step}: {}", text(&o));
         let lines = report_lines(&s.report);
         let last = lines.last().expect("line");
         assert_eq!(last["result"], "resumed", "step {step}: {last}");
         assert_enrolled(&vault, &card);
         let issued = vault.issued_cert_count() - before;
-        assert!(issued <= 2, "step {step}: Vault issued {issued} certificates for 2 slots");
+        assert!(
+            issued <= 2,
+            "step {step}: Vault issued {issued} certificates for 2 slots"
+        );
         assert_eq!(issued, 2, "step {step}");
     }
 }
@@ -173,7 +229,13 @@ fn unknown_serial_is_refused_and_untouched() {
     let vault = Vault::start();
     let card = Card::start();
     let s = setup(&[1]);
-    let o = station(&vault, &s, &["--max-tokens", "1", "--idle-exit", "30"], &[]);
+    let o = station(
+        &vault,
+        &s,
+        &[&card],
+        &["--max-tokens", "1", "--idle-exit", "30"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let lines = report_lines(&s.report);
     assert_eq!(lines[0]["result"], "refused", "{:?}", lines);
@@ -189,8 +251,18 @@ fn pulled_token_resumes_when_reinserted() {
     let s = setup(&[card.serial]);
     let mut c = pivault(&vault.pivault_env());
     c.args(["-v", "station", "--profile"]).arg(&s.profile);
-    c.arg("--report").arg(&s.report).arg("--journal-dir").arg(&s.journal);
-    c.args(["--max-tokens", "2", "--idle-exit", "60"]);
+    c.arg("--report")
+        .arg(&s.report)
+        .arg("--journal-dir")
+        .arg(&s.journal);
+    c.args([
+        "--max-tokens",
+        "2",
+        "--idle-exit",
+        "60",
+        "--reader",
+        &card.reader,
+    ]);
     c.stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("station");
     let mut seen = String::new();
@@ -220,34 +292,42 @@ fn pulled_token_resumes_when_reinserted() {
 fn sealed_vault_makes_a_token_wait_and_recover() {
     use std::io::{BufRead, BufReader};
     let vault = Vault::start();
-    let s = setup(&[]);
-    // Allow any serial for this one.
-    let p = std::fs::read_to_string(&s.profile).expect("profile").replace(
-        "allow_list = \"tokens.toml\"",
-        "allow_unknown = true",
-    ).replace("{name}", "Token {serial}").replace("email = \"{email}\"\n", "");
-    std::fs::write(&s.profile, p).expect("profile");
+    // The card's reader is known up front; the token arrives while Vault is sealed.
+    let mut card = Card::start();
+    card.remove();
+    let s = setup(&[card.serial]);
     let mut c = pivault(&vault.pivault_env());
     c.args(["-v", "station", "--profile"]).arg(&s.profile);
-    c.arg("--report").arg(&s.report).arg("--journal-dir").arg(&s.journal);
-    c.args(["--max-tokens", "1", "--idle-exit", "120"]);
+    c.arg("--report")
+        .arg(&s.report)
+        .arg("--journal-dir")
+        .arg(&s.journal);
+    c.args([
+        "--max-tokens",
+        "1",
+        "--idle-exit",
+        "120",
+        "--reader",
+        &card.reader,
+    ]);
     c.stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("station");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    // Logged in; now Vault goes away for a while and a token arrives.
+    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // Logged in; now Vault goes away for a while and the token arrives.
     std::thread::sleep(std::time::Duration::from_secs(2));
     vault.seal();
-    let card = Card::start();
+    card.insert();
     std::thread::sleep(std::time::Duration::from_secs(4));
     vault.unseal();
     let mut seen = String::new();
-    for l in lines.by_ref() {
+    for l in lines {
         seen.push_str(&l.expect("line"));
         seen.push('\n');
     }
     let st = child.wait().expect("wait");
-    assert!(st.success(), "{seen}");
     let r = report_lines(&s.report);
+    assert!(st.success(), "{seen}");
     assert_eq!(r[0]["result"], "enrolled", "{seen}");
     assert_eq!(r[0]["serial"], card.serial);
+    assert_enrolled(&vault, &card);
 }

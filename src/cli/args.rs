@@ -57,7 +57,11 @@ pub struct StationArgs {
     #[arg(long, value_name = "FILE")]
     pub profile: PathBuf,
     /// Report file: one JSON line per token, appended and fsynced
-    #[arg(long, value_name = "FILE", default_value = "/var/lib/pivault/station-report.jsonl")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/lib/pivault/station-report.jsonl"
+    )]
     pub report: PathBuf,
     /// Journal directory for crash recovery [default: $STATE_DIRECTORY or /var/lib/pivault/journal]
     #[arg(long, value_name = "DIR")]
@@ -68,6 +72,12 @@ pub struct StationArgs {
     /// Stop when idle (no token in flight, no reader event) this many seconds
     #[arg(long, value_name = "SECS")]
     pub idle_exit: Option<u64>,
+    /// How long a token waits for an unavailable (sealed, down) Vault before it fails
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub vault_wait: u64,
+    /// Watch only this reader (exact PC/SC name; repeatable); all readers when absent
+    #[arg(long = "reader", value_name = "NAME")]
+    pub readers: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone, Default)]

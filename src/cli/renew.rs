@@ -113,7 +113,11 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
                 );
             }
         }
-        return Ok(ExitCode::from(if any_due { exit::RENEW_DUE } else { exit::OK }));
+        return Ok(ExitCode::from(if any_due {
+            exit::RENEW_DUE
+        } else {
+            exit::OK
+        }));
     }
 
     let todo: Vec<_> = certs
@@ -128,8 +132,10 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
         if !cli.json {
             println!("token {serial}: nothing is due");
         } else {
-            print_json(&serde_json::json!({"schema": pivault::report::SCHEMA_VERSION,
-                "command": "renew", "token_serial": serial, "slots": [], "ok": true}))?;
+            print_json(
+                &serde_json::json!({"schema": pivault::report::SCHEMA_VERSION,
+                "command": "renew", "token_serial": serial, "slots": [], "ok": true}),
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -167,7 +173,9 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             ))
         })?;
         let key = rec.record.live.mgmt_key.clone().ok_or_else(|| {
-            Error::Config(format!("the escrow record of token {serial} holds no management key"))
+            Error::Config(format!(
+                "the escrow record of token {serial} holds no management key"
+            ))
         })?;
         Ok(MgmKeySource::Given(
             MgmKeyHex::new(key),
@@ -205,7 +213,9 @@ fn new_pin(a: &UnblockArgs) -> Result<Pin, Error> {
             let p1 = secrets::prompt("New PIN (6-8 characters): ")?;
             let p2 = secrets::prompt("New PIN again: ")?;
             if *p1 != *p2 {
-                return Err(Error::Usage("the two PINs differ; nothing was changed".into()));
+                return Err(Error::Usage(
+                    "the two PINs differ; nothing was changed".into(),
+                ));
             }
             p1
         }
@@ -225,9 +235,8 @@ pub fn unblock(cli: &Cli, a: &UnblockArgs) -> Result<ExitCode, Error> {
     let client = issuer.client();
     let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
     let serial = token.info().serial;
-    let mut rec = escrow::read(client, serial)?.ok_or_else(|| {
-        Error::Config(format!("no escrow record for token {serial} in Vault KV"))
-    })?;
+    let mut rec = escrow::read(client, serial)?
+        .ok_or_else(|| Error::Config(format!("no escrow record for token {serial} in Vault KV")))?;
     let puk = Puk::new(rec.record.live.puk.clone().ok_or_else(|| {
         Error::Config(format!("the escrow record of token {serial} holds no PUK"))
     })?);

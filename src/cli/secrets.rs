@@ -49,9 +49,10 @@ pub fn read(src: &Source<'_>) -> Result<Option<Zeroizing<String>>, Error> {
             return Ok(Some(Zeroizing::new(v.trim().to_string())));
         }
     }
-    let file = src.file.clone().or_else(|| {
-        std::env::var_os(format!("{}_FILE", src.env)).map(std::path::PathBuf::from)
-    });
+    let file = src
+        .file
+        .clone()
+        .or_else(|| std::env::var_os(format!("{}_FILE", src.env)).map(std::path::PathBuf::from));
     let Some(path) = file else { return Ok(None) };
     if path.as_os_str() == "-" {
         let mut line = Zeroizing::new(String::new());
@@ -63,7 +64,11 @@ pub fn read(src: &Source<'_>) -> Result<Option<Zeroizing<String>>, Error> {
     }
     check_owner_only(&path)?;
     let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
-        Error::Config(format!("cannot read the {} from {}: {e}", src.what, path.display()))
+        Error::Config(format!(
+            "cannot read the {} from {}: {e}",
+            src.what,
+            path.display()
+        ))
     })?);
     let v = first_line(&text);
     if v.is_empty() {

@@ -23,9 +23,8 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
             .map(|d| std::path::PathBuf::from(d).join("journal"))
             .unwrap_or_else(|| "/var/lib/pivault/journal".into())
     });
-    std::fs::create_dir_all(&journal_dir).map_err(|e| {
-        Error::Config(format!("journal directory {}: {e}", journal_dir.display()))
-    })?;
+    std::fs::create_dir_all(&journal_dir)
+        .map_err(|e| Error::Config(format!("journal directory {}: {e}", journal_dir.display())))?;
     let (_settings, issuer) = super::renew::connect(cli, &a.vault)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -54,13 +53,19 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
         if let Err(e) = station::append_report(&report, line) {
             log::error!("{e}");
         }
-        let serial = line.serial.map(|s| s.to_string()).unwrap_or_else(|| "?".into());
+        let serial = line
+            .serial
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "?".into());
         let msg = format!(
             "{}: serial {serial} {} in {} ms{}",
             line.reader,
             line.result,
             line.duration_ms,
-            line.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            line.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         );
         if line.error.is_some() {
             log::warn!("{msg}");
@@ -78,6 +83,8 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
     let opts = RunOptions {
         max_tokens: a.max_tokens,
         idle_exit: a.idle_exit.map(Duration::from_secs),
+        readers: a.readers.clone(),
+        vault_wait: Duration::from_secs(a.vault_wait),
     };
     let summary = station::run(&st, &opts, &stop, &on_event, &mut on_line)?;
     let stats = issuer.stats();

@@ -48,8 +48,8 @@ impl PivToken for FakeToken {
     fn info(&self) -> &TokenInfo {
         &self.info
     }
-    fn pin_retries(&mut self) -> Result<u8, TokenError> {
-        Ok(self.pin_tries)
+    fn pin_retries(&mut self) -> Result<Option<u8>, TokenError> {
+        Ok(Some(self.pin_tries))
     }
     fn puk_retries(&mut self) -> Result<Option<u8>, TokenError> {
         Ok(None)

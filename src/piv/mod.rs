@@ -84,7 +84,9 @@ pub trait PivToken {
     fn info(&self) -> &TokenInfo;
 
     /// PIN tries left, read without spending one (an empty VERIFY, SP 800-73-4 3.2.1).
-    fn pin_retries(&mut self) -> Result<u8, TokenError>;
+    /// `None` when the card answers "already verified" and so does not tell the count
+    /// (the PIN is then certainly not blocked).
+    fn pin_retries(&mut self) -> Result<Option<u8>, TokenError>;
     /// PUK tries left when the firmware can tell without an attempt (GET METADATA).
     fn puk_retries(&mut self) -> Result<Option<u8>, TokenError>;
     fn verify_pin(&mut self, pin: &Pin) -> Result<(), TokenError>;
@@ -109,7 +111,8 @@ pub trait PivToken {
     ) -> Result<SubjectPublicKeyInfoOwned, TokenError>;
     /// A raw private-key operation: the digest for ECDSA, the EMSA-PKCS1-v1_5 block for
     /// RSA, the whole message for Ed25519. Needs the PIN for most slots.
-    fn sign_raw(&mut self, slot: Slot, alg: Algorithm, input: &[u8]) -> Result<Vec<u8>, TokenError>;
+    fn sign_raw(&mut self, slot: Slot, alg: Algorithm, input: &[u8])
+        -> Result<Vec<u8>, TokenError>;
     /// DESTRUCTIVE: replaces the slot's certificate object.
     fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError>;
     /// Write CHUID and CCC when absent (OS middleware needs them); true when written.

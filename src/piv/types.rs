@@ -18,7 +18,10 @@ impl Slot {
 
     /// Every enrollable slot, in display order.
     pub fn all() -> impl Iterator<Item = Slot> {
-        [0x9a, 0x9c, 0x9d, 0x9e].into_iter().chain(0x82..=0x95).map(Slot)
+        [0x9a, 0x9c, 0x9d, 0x9e]
+            .into_iter()
+            .chain(0x82..=0x95)
+            .map(Slot)
     }
 
     pub fn from_byte(b: u8) -> Option<Slot> {
@@ -83,7 +86,9 @@ impl FromStr for Slot {
         };
         let byte = by_name.or_else(|| {
             let hex = l.strip_prefix("0x").unwrap_or(&l);
-            (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok()).flatten()
+            (hex.len() == 2)
+                .then(|| u8::from_str_radix(hex, 16).ok())
+                .flatten()
         });
         byte.and_then(Slot::from_byte).ok_or_else(|| {
             format!(
@@ -395,7 +400,10 @@ mod tests {
         assert_eq!(Slot::SIGNATURE.default_role(), Role::EmailSigning);
         assert_eq!(Slot::KEY_MANAGEMENT.default_role(), Role::EmailSigning);
         assert_eq!(Slot::CARD_AUTHENTICATION.default_role(), Role::Piv);
-        assert_eq!("retired3".parse::<Slot>().map(Slot::default_role), Ok(Role::Piv));
+        assert_eq!(
+            "retired3".parse::<Slot>().map(Slot::default_role),
+            Ok(Role::Piv)
+        );
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub struct YubiKeyToken {
 
 impl std::fmt::Debug for YubiKeyToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("YubiKeyToken").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("YubiKeyToken")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -215,9 +217,7 @@ fn map_err(op: &'static str, e: yubikey::Error) -> TokenError {
         yubikey::Error::PcscError { inner: Some(p) } if is_removed(&p) => TokenError::CardRemoved,
         yubikey::Error::PcscError {
             inner: Some(pcsc::Error::NoService | pcsc::Error::ServiceStopped),
-        } => TokenError::Pcsc(
-            "the PC/SC service (pcscd) is not running or not reachable".into(),
-        ),
+        } => TokenError::Pcsc("the PC/SC service (pcscd) is not running or not reachable".into()),
         yubikey::Error::PcscError { inner: Some(p) } => TokenError::Pcsc(p.to_string()),
         other => TokenError::Card {
             op,
@@ -334,10 +334,13 @@ impl PivToken for YubiKeyToken {
         &self.info
     }
 
-    fn pin_retries(&mut self) -> Result<u8, TokenError> {
+    fn pin_retries(&mut self) -> Result<Option<u8>, TokenError> {
+        // The crate answers Ok(0) only when the empty VERIFY succeeded ("verified" state
+        // kept across its re-SELECT); a blocked PIN comes back as PinLocked.
         match self.yk.get_pin_retries() {
-            Ok(n) => Ok(n),
-            Err(yubikey::Error::PinLocked) => Ok(0),
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(yubikey::Error::PinLocked) => Ok(Some(0)),
             Err(e) => Err(self.fail("read PIN retries", e)),
         }
     }
@@ -366,7 +369,10 @@ impl PivToken for YubiKeyToken {
             Err(e) => return Err(self.fail("read ADMIN DATA", e)),
         };
         let (algorithm, default) = if self.info.version.has_metadata() {
-            match piv::metadata(&mut self.yk, SlotId::Management(ManagementSlotId::Management)) {
+            match piv::metadata(
+                &mut self.yk,
+                SlotId::Management(ManagementSlotId::Management),
+            ) {
                 Ok(m) => {
                     let alg = match m.algorithm {
                         SlotAlgorithmId::Management(a) => Some(match a {
@@ -463,14 +469,10 @@ impl PivToken for YubiKeyToken {
 
     fn read_certificate(&mut self, slot: Slot) -> Result<Option<Vec<u8>>, TokenError> {
         match Certificate::read(&mut self.yk, slot_id(slot)) {
-            Ok(c) => c
-                .cert
-                .to_der()
-                .map(Some)
-                .map_err(|e| TokenError::Card {
-                    op: "read certificate",
-                    detail: e.to_string(),
-                }),
+            Ok(c) => c.cert.to_der().map(Some).map_err(|e| TokenError::Card {
+                op: "read certificate",
+                detail: e.to_string(),
+            }),
             Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
             Err(e) => Err(self.fail("read certificate", e)),
         }
@@ -589,15 +591,15 @@ impl PivToken for YubiKeyToken {
         alg: MgmAlgorithm,
         protected: bool,
     ) -> Result<(), TokenError> {
-        let bytes = Zeroizing::new(hex::decode(key.expose().trim()).map_err(|_| {
-            TokenError::Card {
-                op: "set management key",
-                detail: "not hex".into(),
-            }
-        })?);
-        let k = MgmKey::from_bytes(&*bytes, Some(mgm_alg_id(alg))).map_err(|e| {
-            self.fail("set management key", e)
-        })?;
+        let bytes =
+            Zeroizing::new(
+                hex::decode(key.expose().trim()).map_err(|_| TokenError::Card {
+                    op: "set management key",
+                    detail: "not hex".into(),
+                })?,
+            );
+        let k = MgmKey::from_bytes(&*bytes, Some(mgm_alg_id(alg)))
+            .map_err(|e| self.fail("set management key", e))?;
         let r = if protected {
             k.set_protected(&mut self.yk)
         } else {
