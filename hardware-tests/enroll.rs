@@ -22,7 +22,11 @@ fn allowed_tokens() -> Vec<(u32, String)> {
     });
     let allowed: Vec<u32> = list
         .split(',')
-        .map(|s| s.trim().parse().unwrap_or_else(|_| panic!("bad serial '{s}' in PIVAULT_HW_SERIALS")))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad serial '{s}' in PIVAULT_HW_SERIALS"))
+        })
         .collect();
     let mut c = pivault(&[]);
     c.args(["list", "--json"]);
@@ -32,18 +36,29 @@ fn allowed_tokens() -> Vec<(u32, String)> {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|t| Some((t["serial"].as_u64()? as u32, t["reader"].as_str()?.to_string())))
+                .filter_map(|t| {
+                    Some((
+                        t["serial"].as_u64()? as u32,
+                        t["reader"].as_str()?.to_string(),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default();
-    let chosen: Vec<_> = present.into_iter().filter(|(s, _)| allowed.contains(s)).collect();
+    let chosen: Vec<_> = present
+        .into_iter()
+        .filter(|(s, _)| allowed.contains(s))
+        .collect();
     assert!(!chosen.is_empty(), "none of {allowed:?} is inserted");
     chosen
 }
 
 fn env(vault: &Vault) -> Vec<(String, String)> {
     let mut e = vault.pivault_env();
-    e.push(("PIVAULT_PIN".into(), std::env::var("PIVAULT_HW_PIN").unwrap_or_else(|_| "123456".into())));
+    e.push((
+        "PIVAULT_PIN".into(),
+        std::env::var("PIVAULT_HW_PIN").unwrap_or_else(|_| "123456".into()),
+    ));
     if let Ok(k) = std::env::var("PIVAULT_HW_MGMT_KEY") {
         e.push(("PIVAULT_MGMT_KEY".into(), k));
     }
@@ -57,12 +72,30 @@ fn hardware_enroll_four_slots_and_status() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (serial, reader) in allowed_tokens() {
         let mut c = pivault(&env(&vault));
-        c.args(["enroll", "--json", "--force", "--serial", &serial.to_string()]);
+        c.args([
+            "enroll",
+            "--json",
+            "--force",
+            "--serial",
+            &serial.to_string(),
+        ]);
         if std::env::var("PIVAULT_HW_MGMT_KEY").is_err() {
             c.arg("--default-mgmt-key");
         }
-        c.args(["--slot", "9a", "--slot", "9c:role=code-signing,algorithm=rsa2048"]);
-        c.args(["--slot", "9d:algorithm=p384", "--slot", "9e", "--cn", "Hardware Test {serial}"]);
+        c.args([
+            "--slot",
+            "9a",
+            "--slot",
+            "9c:role=code-signing,algorithm=rsa2048",
+        ]);
+        c.args([
+            "--slot",
+            "9d:algorithm=p384",
+            "--slot",
+            "9e",
+            "--cn",
+            "Hardware Test {serial}",
+        ]);
         c.args(["--email", "hw@example.org"]);
         let o = run::ok(c);
         let report: Value = serde_json::from_slice(&o.stdout).expect("json");
@@ -70,7 +103,10 @@ fn hardware_enroll_four_slots_and_status() {
         for r in report["slots"].as_array().expect("slots") {
             let slot = r["slot"].as_str().expect("slot");
             let pem = run::piv_tool_read_cert(&reader, slot);
-            assert_eq!(run::openssl_fingerprint(&pem, dir.path()), r["sha256_fingerprint"].as_str().expect("fp"));
+            assert_eq!(
+                run::openssl_fingerprint(&pem, dir.path()),
+                r["sha256_fingerprint"].as_str().expect("fp")
+            );
             let v = run::openssl_verify(&pem, &vault.root_pem, &vault.chain_pem, dir.path());
             assert!(v.status.success(), "{}", text(&v));
         }

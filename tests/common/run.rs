@@ -91,7 +91,8 @@ pub fn openssl_fingerprint(cert_pem: &str, dir: &Path) -> String {
     let f = dir.join("fp.pem");
     std::fs::write(&f, cert_pem).expect("write");
     let mut c = tool("openssl");
-    c.args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&f);
+    c.args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&f);
     let out = String::from_utf8_lossy(&ok(c).stdout).into_owned();
     out.trim()
         .split('=')
@@ -158,7 +159,11 @@ pub fn slot_key_matches_cert(reader: &str, slot: &str, pin: &str, dir: &Path) ->
     c.arg("-i").arg(&data).arg("-o").arg(&sig);
     ok(c);
     let mut c = tool("openssl");
-    c.args(["dgst", "-sha256", "-verify"]).arg(&pubkey).arg("-signature").arg(&sig).arg(&data);
+    c.args(["dgst", "-sha256", "-verify"])
+        .arg(&pubkey)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&data);
     run(c).status.success()
 }
 
