@@ -191,7 +191,19 @@ impl VaultSettings {
                 &file.trust_anchor,
             ),
             request_timeout: Duration::from_secs(file.request_timeout_secs.unwrap_or(30)),
-            deadline: Duration::from_secs(file.deadline_secs.unwrap_or(90)),
+            // How long one Vault operation may take with its retries (HA failover takes
+            // ~10 s); a person at a counter should not wait minutes for a dead server.
+            deadline: Duration::from_secs(
+                env("PIVAULT_VAULT_DEADLINE")
+                    .map(|v| {
+                        v.trim().parse::<u64>().map_err(|_| {
+                            Error::Config(format!("PIVAULT_VAULT_DEADLINE '{v}' is not seconds"))
+                        })
+                    })
+                    .transpose()?
+                    .or(file.deadline_secs)
+                    .unwrap_or(30),
+            ),
         })
     }
 }

@@ -378,6 +378,8 @@ fn sealed_or_stopped_vault_exits_4_and_changes_nothing() {
     );
     vault.unseal();
     vault.stop();
+    let mut env = env.clone();
+    env.push(("PIVAULT_VAULT_DEADLINE".into(), "5".into()));
     let o = run::run(enroll_cmd(&card, &env, &slot));
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert_token_untouched(&card, 3);

@@ -228,7 +228,9 @@ fn vault_down_changes_nothing_and_a_kill_after_keygen_is_finished() {
 
     // Vault down before key generation: exit 4, slot untouched.
     vault.stop();
-    let o = run::run(cmd(&vault, &card, &["renew", "--threshold", "2h"], &state));
+    let mut c = cmd(&vault, &card, &["renew", "--threshold", "2h"], &state);
+    c.env("PIVAULT_VAULT_DEADLINE", "5");
+    let o = run::run(c);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert_eq!(run::piv_tool_read_cert(&card.reader, "9a"), after_finish);
     assert!(run::slot_key_matches_cert(

@@ -335,10 +335,16 @@ impl PivToken for YubiKeyToken {
     }
 
     fn pin_retries(&mut self) -> Result<Option<u8>, TokenError> {
-        // The crate answers Ok(0) only when the empty VERIFY succeeded ("verified" state
-        // kept across its re-SELECT); a blocked PIN comes back as PinLocked.
+        // The crate re-SELECTs (which clears a verified PIN on a YubiKey) and sends an empty
+        // VERIFY, but answers 0 both for "blocked" (6983) and for "verified" (9000). A second
+        // empty VERIFY, read directly, tells the two apart.
         match self.yk.get_pin_retries() {
-            Ok(0) => Ok(None),
+            Ok(0) => match self.yk.verify_pin(&[]) {
+                Ok(()) => Ok(None),
+                Err(yubikey::Error::WrongPin { tries }) => Ok(Some(tries)),
+                Err(yubikey::Error::PinLocked) => Ok(Some(0)),
+                Err(e) => Err(self.fail("read PIN retries", e)),
+            },
             Ok(n) => Ok(Some(n)),
             Err(yubikey::Error::PinLocked) => Ok(Some(0)),
             Err(e) => Err(self.fail("read PIN retries", e)),
