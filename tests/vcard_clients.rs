@@ -1,0 +1,436 @@
+//! The virtual YubiKey (`pivault-vcard`) as third-party clients see it through the real
+//! pcscd: yubico-piv-tool, ykman, OpenSC's PKCS#11 module and the `yubikey` crate.
+//!
+//! These tests pin down the card the other integration tests build on. Each starts its own
+//! card(s) in its own reader(s) (see `common::card`), so they run in parallel under
+//! `cargo test` and `cargo nextest`.
+
+mod common;
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::card::{Card, CardOptions};
+
+const PIN: &str = "123456";
+/// The default 3DES management key (Yubico and piv-authenticator alike).
+const DEFAULT_MGM: &str = "010203040506070801020304050607080102030405060708";
+
+/// Runs a client with a 60 s limit; returns success and stdout + stderr.
+fn run(program: &str, args: &[&str]) -> (bool, String) {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output: Output = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(output) => output.expect("wait for client"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{program} {args:?} hung for 60 s");
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Runs a client that must succeed; returns its output.
+fn ok(program: &str, args: &[&str]) -> String {
+    let (success, text) = run(program, args);
+    assert!(success, "{program} {args:?} failed:\n{text}");
+    text
+}
+
+fn piv_tool(card: &Card, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["-r", card.reader.as_str()];
+    all.extend_from_slice(args);
+    run("yubico-piv-tool", &all)
+}
+
+fn ykman(card: &Card, args: &[&str]) -> String {
+    let mut all = vec!["--reader", card.reader.as_str()];
+    all.extend_from_slice(args);
+    ok("ykman", &all)
+}
+
+/// OpenSC's PKCS#11 module, wherever the distribution put it (`PIVAULT_OPENSC_MODULE`
+/// overrides).
+fn opensc_module() -> PathBuf {
+    if let Some(path) = std::env::var_os("PIVAULT_OPENSC_MODULE") {
+        return path.into();
+    }
+    let mut candidates = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib") {
+        // Debian/Ubuntu multiarch: /usr/lib/x86_64-linux-gnu, /usr/lib/aarch64-linux-gnu...
+        for dir in dirs.flatten() {
+            candidates.push(dir.path().join("opensc-pkcs11.so"));
+            candidates.push(dir.path().join("pkcs11/opensc-pkcs11.so"));
+        }
+    }
+    for fixed in [
+        "/usr/lib/opensc-pkcs11.so",
+        "/usr/lib64/opensc-pkcs11.so",
+        "/usr/lib64/pkcs11/opensc-pkcs11.so",
+        "/usr/local/lib/opensc-pkcs11.so",
+        "/opt/homebrew/lib/opensc-pkcs11.so",
+    ] {
+        candidates.push(fixed.into());
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("OpenSC's opensc-pkcs11.so not found: apt-get install opensc-pkcs11")
+}
+
+/// An on-card P-256 key in 9a (yubico-piv-tool) with a self-signed certificate made by
+/// that key (ykman). Returns the certificate file.
+///
+/// ykman signs the certificate: yubico-piv-tool 2.2.0 on OpenSSL 3 (Debian 12, Ubuntu
+/// 22.04) fails `selfsign-certificate` before it sends anything to the card
+/// (Yubico/yubico-piv-tool#388).
+fn key_and_selfsigned_cert(card: &Card, dir: &Path, cn: &str) -> PathBuf {
+    let public = dir.join("9a.pub.pem");
+    let public = public.to_str().unwrap();
+    let key = format!("--key={DEFAULT_MGM}");
+    let (success, text) = piv_tool(
+        card,
+        &[
+            &key, "-a", "generate", "-s", "9a", "-A", "ECCP256", "-o", public,
+        ],
+    );
+    assert!(success, "generate failed:\n{text}");
+    ykman(
+        card,
+        &[
+            "piv",
+            "certificates",
+            "generate",
+            "-m",
+            DEFAULT_MGM,
+            "-P",
+            PIN,
+            "-s",
+            &format!("CN={cn}"),
+            "9a",
+            public,
+        ],
+    );
+    let cert = dir.join("9a.cert.pem");
+    let (success, text) = piv_tool(
+        card,
+        &[
+            "-a",
+            "read-certificate",
+            "-s",
+            "9a",
+            "-o",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert!(success, "read-certificate failed:\n{text}");
+    cert
+}
+
+#[test]
+fn yubico_piv_tool_status_shows_serial_and_version() {
+    let card = Card::start();
+    let (success, text) = piv_tool(&card, &["-a", "status"]);
+    assert!(success, "{text}");
+    assert!(
+        text.contains(&format!("Serial Number:\t{}", card.serial)),
+        "{text}"
+    );
+    assert!(text.contains("Version:\t5.2.7"), "{text}");
+    assert!(text.contains("PIN tries left:\t3"), "{text}");
+}
+
+#[test]
+fn ykman_sees_a_yubikey_5_with_the_serial() {
+    let card = Card::start();
+    let info = ykman(&card, &["piv", "info"]);
+    assert!(info.contains("PIV version: 5.2.7"), "{info}");
+    assert!(info.contains("PIN tries remaining: 3"), "{info}");
+    // `ykman list --serials` only looks at USB devices; `info` reads the serial through
+    // the management application the card emulates.
+    let device = ykman(&card, &["info"]);
+    assert!(
+        device.contains(&format!("Serial number: {}", card.serial)),
+        "{device}"
+    );
+    assert!(device.contains("Firmware version: 5.2.7"), "{device}");
+    assert!(device.contains("YubiKey 5"), "{device}");
+}
+
+#[test]
+fn pkcs11_tool_lists_the_token() {
+    let card = Card::start();
+    let module = opensc_module();
+    let text = ok("pkcs11-tool", &["--module", module.to_str().unwrap(), "-L"]);
+    // "Slot 1 (0x4): Virtual PCD 00 01" then "  token label : ..." (empty: "  (empty)").
+    let mut lines = text.lines();
+    let slot = lines
+        .by_ref()
+        .find(|l| l.starts_with("Slot ") && l.ends_with(&format!(": {}", card.reader)))
+        .unwrap_or_else(|| panic!("no PKCS#11 slot for {}:\n{text}", card.reader));
+    let next = lines.next().unwrap_or_default();
+    assert!(next.contains("token label"), "{slot} has no token:\n{text}");
+}
+
+#[test]
+fn two_cards_at_once_each_with_its_own_serial_and_version() {
+    let a = Card::start();
+    let b = Card::start_with(CardOptions {
+        version: Some("5.4.3".into()),
+        ..CardOptions::default()
+    });
+    assert_ne!(a.serial, b.serial);
+    assert_ne!(a.reader, b.reader);
+    for (card, version) in [(&a, "5.2.7"), (&b, "5.4.3")] {
+        let (success, text) = piv_tool(card, &["-a", "status"]);
+        assert!(success, "{text}");
+        assert!(
+            text.contains(&format!("Serial Number:\t{}", card.serial)),
+            "{text}"
+        );
+        assert!(text.contains(&format!("Version:\t{version}")), "{text}");
+    }
+}
+
+#[test]
+fn key_and_certificate_survive_a_restart_with_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut card = Card::start();
+    let cert = key_and_selfsigned_cert(&card, dir.path(), "vcard restart");
+    let cert = cert.to_str().unwrap();
+    assert!(card.apdu_count() > 0);
+
+    card.remove();
+    assert!(
+        card.state.metadata().unwrap().len() > 0,
+        "state file {} is empty",
+        card.state.display()
+    );
+    card.insert();
+
+    let (success, text) = piv_tool(&card, &["-a", "status"]);
+    assert!(success, "{text}");
+    assert!(text.contains("Subject DN:\tCN=vcard restart"), "{text}");
+    assert!(
+        text.contains(&format!("Serial Number:\t{}", card.serial)),
+        "{text}"
+    );
+    // The private key came back too: the card signs, the certificate's key verifies.
+    let (success, text) = piv_tool(
+        &card,
+        &[
+            "-a",
+            "verify-pin",
+            "-P",
+            PIN,
+            "-a",
+            "test-signature",
+            "-s",
+            "9a",
+            "-i",
+            cert,
+        ],
+    );
+    assert!(
+        success && text.contains("Successful ECDSA verification"),
+        "{text}"
+    );
+}
+
+#[test]
+fn verified_pin_is_forgotten_by_the_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = Card::start();
+    let cert = key_and_selfsigned_cert(&card, dir.path(), "vcard pin");
+    let cert = cert.to_str().unwrap();
+    let sign = ["-a", "test-signature", "-s", "9a", "-i", cert];
+
+    // One process: PIN, then signature.
+    let mut with_pin = vec!["-a", "verify-pin", "-P", PIN];
+    with_pin.extend_from_slice(&sign);
+    let (success, text) = piv_tool(&card, &with_pin);
+    assert!(success, "{text}");
+    // The next process did not give the PIN: the card must refuse (6982).
+    let (success, text) = piv_tool(&card, &sign);
+    assert!(!success, "signed without the PIN:\n{text}");
+
+    // Same at the PC/SC level: VERIFY without data asks "is the PIN verified?"
+    // (SP 800-73-4 Part 2 §3.2.1): 9000 yes, 63Cx no (x tries left).
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+    let reader = CString::new(card.reader.clone()).unwrap();
+    let transmit = |conn: &pcsc::Card, apdu: &[u8]| -> Vec<u8> {
+        let mut buf = [0u8; 300];
+        conn.transmit(apdu, &mut buf).expect("transmit").to_vec()
+    };
+    let sw = |resp: &[u8]| resp[resp.len() - 2..].to_vec();
+    const SELECT: [u8; 10] = [0x00, 0xA4, 0x04, 0x00, 0x05, 0xA0, 0x00, 0x00, 0x03, 0x08];
+    const VERIFY: [u8; 13] = [
+        0x00, 0x20, 0x00, 0x80, 0x08, b'1', b'2', b'3', b'4', b'5', b'6', 0xFF, 0xFF,
+    ];
+    const PIN_STATUS: [u8; 4] = [0x00, 0x20, 0x00, 0x80];
+
+    let first = ctx
+        .connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+        .unwrap();
+    assert_eq!(sw(&transmit(&first, &SELECT)), [0x90, 0x00]);
+    assert_eq!(sw(&transmit(&first, &VERIFY)), [0x90, 0x00]);
+    assert_eq!(sw(&transmit(&first, &PIN_STATUS)), [0x90, 0x00]);
+    first
+        .disconnect(pcsc::Disposition::ResetCard)
+        .map_err(|(_, e)| e)
+        .unwrap();
+
+    let second = ctx
+        .connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+        .unwrap();
+    assert_eq!(sw(&transmit(&second, &SELECT)), [0x90, 0x00]);
+    assert_eq!(sw(&transmit(&second, &PIN_STATUS)), [0x63, 0xC3]);
+}
+
+#[test]
+fn one_cards_state_is_not_visible_in_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Card::start();
+    let b = Card::start();
+    key_and_selfsigned_cert(&a, dir.path(), "only in a");
+    let (success, text) = piv_tool(&a, &["-a", "change-pin", "-P", PIN, "-N", "654321"]);
+    assert!(success, "{text}");
+
+    let (_, status_b) = piv_tool(&b, &["-a", "status"]);
+    assert!(
+        !status_b.contains("Slot 9a"),
+        "b sees a's certificate:\n{status_b}"
+    );
+    let (success, text) = piv_tool(&b, &["-a", "verify-pin", "-P", PIN]);
+    assert!(success, "b lost its default PIN:\n{text}");
+    let (success, _) = piv_tool(&a, &["-a", "verify-pin", "-P", PIN]);
+    assert!(!success, "a still takes the old PIN");
+    let (success, text) = piv_tool(&a, &["-a", "verify-pin", "-P", "654321"]);
+    assert!(success, "{text}");
+}
+
+#[test]
+fn ykman_pin_protected_management_key_round_trip() {
+    // Exercises the objects the bridge keeps: ADMIN DATA (5FFF00) and PRINTED (5FC109).
+    let mut card = Card::start();
+    ykman(
+        &card,
+        &[
+            "piv",
+            "access",
+            "change-management-key",
+            "-m",
+            DEFAULT_MGM,
+            "--protect",
+            "--generate",
+            "-P",
+            PIN,
+        ],
+    );
+    card.remove();
+    card.insert();
+    let info = ykman(&card, &["piv", "info"]);
+    assert!(info.contains("protected by PIN"), "{info}");
+    // The stored key works: an admin operation with only the PIN.
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("9c.pub.pem");
+    ykman(
+        &card,
+        &[
+            "piv",
+            "keys",
+            "generate",
+            "-P",
+            PIN,
+            "-a",
+            "ECCP256",
+            "9c",
+            public.to_str().unwrap(),
+        ],
+    );
+    // And the default key no longer does.
+    let key = format!("--key={DEFAULT_MGM}");
+    let (success, text) = piv_tool(&card, &[&key, "-a", "generate", "-s", "9d"]);
+    assert!(!success, "default management key still accepted:\n{text}");
+    assert!(text.contains("Failed authentication"), "{text}");
+}
+
+#[test]
+fn yubikey_crate_opens_the_card_by_serial() {
+    let card = Card::start();
+    let yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial))
+        .unwrap_or_else(|e| panic!("open_by_serial({}): {e}", card.serial));
+    assert_eq!(yk.serial(), yubikey::Serial(card.serial));
+    let v = yk.version();
+    assert_eq!((v.major, v.minor, v.patch), (5, 2, 7));
+    assert_eq!(yk.name(), card.reader);
+}
+
+#[test]
+fn yubikey_crate_generates_an_rsa_key_and_signs_with_it() {
+    // RSA-2048 signing chains the command (256 bytes of input) and the response: the
+    // bridge must frame the reply by the last APDU of the chain, not as "extended".
+    use der::Encode;
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::sha2::{Digest, Sha256};
+    use yubikey::piv::{self, AlgorithmId, SlotId};
+    use yubikey::{MgmKey, PinPolicy, TouchPolicy, YubiKey};
+
+    let card = Card::start();
+    let mut yk = YubiKey::open_by_serial(yubikey::Serial(card.serial)).expect("open");
+    let mgm = MgmKey::get_default(&yk).expect("default management key for 5.2.7");
+    yk.authenticate(&mgm).expect("management key");
+    let spki = piv::generate(
+        &mut yk,
+        SlotId::Authentication,
+        AlgorithmId::Rsa2048,
+        PinPolicy::Default,
+        TouchPolicy::Default,
+    )
+    .expect("generate RSA-2048");
+    let public = rsa::RsaPublicKey::from_public_key_der(&spki.to_der().unwrap()).unwrap();
+
+    yk.verify_pin(PIN.as_bytes()).expect("PIN");
+    let hash = Sha256::digest(b"pivault vcard");
+    // EMSA-PKCS1-v1_5 (RFC 8017 §9.2): 00 01 FF..FF 00 DigestInfo(SHA-256) hash; the card
+    // does the raw RSA operation on the padded block.
+    const SHA256_DIGEST_INFO: [u8; 19] = [
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    let mut block = vec![0x00, 0x01];
+    block.resize(256 - SHA256_DIGEST_INFO.len() - hash.len() - 1, 0xFF);
+    block.push(0x00);
+    block.extend_from_slice(&SHA256_DIGEST_INFO);
+    block.extend_from_slice(&hash);
+    let signature = piv::sign_data(
+        &mut yk,
+        &block,
+        AlgorithmId::Rsa2048,
+        SlotId::Authentication,
+    )
+    .expect("sign");
+    public
+        .verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &hash, &signature)
+        .expect("the card's RSA signature verifies");
+}
