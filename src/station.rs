@@ -473,12 +473,13 @@ impl Station<'_> {
             let new_alg = p.mgm_algorithm().unwrap_or(live_alg);
             let live_key = MgmKeyHex::new(rec.record.live.mgmt_key.clone().ok_or_else(missing)?);
             let new_key = MgmKeyHex::new(p.mgmt_key.clone().ok_or_else(missing)?);
+            // Protected storage needs the PIN verified; verify first, because reading the
+            // retry counter re-SELECTs the application, which ends a management-key session.
+            let pin = Pin::new(rec.record.live.pin.clone().ok_or_else(missing)?);
+            enroll::verify_pin_safely(token, &pin)?;
             if token.authenticate(&live_key, live_alg).is_err() {
                 token.authenticate(&new_key, new_alg)?;
             }
-            // Protected storage is readable only with the PIN verified.
-            let pin = Pin::new(rec.record.live.pin.clone().ok_or_else(missing)?);
-            enroll::verify_pin_safely(token, &pin)?;
             token.set_mgm_key(&new_key, new_alg, p.mgmt_key_protected)?;
             rec.record.live.mgmt_key = p.mgmt_key.clone();
             rec.record.live.mgmt_key_algorithm = p.mgmt_key_algorithm.clone();

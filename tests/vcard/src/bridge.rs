@@ -311,6 +311,12 @@ impl<A: PivApplet> Bridge<A> {
         let aid = apdu.data.as_slice();
         let partial_of = |full: &[u8]| aid.len() >= 5 && full.starts_with(aid);
         if partial_of(&PIV_AID) {
+            // A YubiKey clears the PIV security status (verified PIN, management-key
+            // authentication) when the application is selected (ISO 7816-4 7.1.1 lets
+            // selection reset it); clients rely on it, e.g. reading the PIN retry counter
+            // with an empty VERIFY right after a SELECT.
+            self.applet.reset();
+            self.admin_authenticated = false;
             // Hand the applet the full AID: it refuses fewer than 9 bytes.
             let full = Apdu {
                 data: PIV_AID.to_vec(),
