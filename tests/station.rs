@@ -60,7 +60,27 @@ slot = "9d"
     }
 }
 
-/// The station, watching only the readers of `cards` (other tests run cards too).
+/// The station command, watching only `readers` (other tests run cards too).
+fn station_cmd(
+    vault: &Vault,
+    s: &Setup,
+    readers: &[&str],
+    extra: &[&str],
+) -> std::process::Command {
+    let mut c = pivault(&vault.pivault_env());
+    c.args(["-v", "station", "--profile"]).arg(&s.profile);
+    c.arg("--report")
+        .arg(&s.report)
+        .arg("--journal-dir")
+        .arg(&s.journal);
+    for r in readers {
+        c.args(["--reader", r]);
+    }
+    c.args(extra);
+    c
+}
+
+/// Run the station to its end on the readers of `cards`.
 fn station(
     vault: &Vault,
     s: &Setup,
@@ -68,18 +88,9 @@ fn station(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Output {
-    let mut e = vault.pivault_env();
-    e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let mut c = pivault(&e);
-    c.args(["-v", "station", "--profile"]).arg(&s.profile);
-    for card in cards {
-        c.args(["--reader", &card.reader]);
-    }
-    c.arg("--report")
-        .arg(&s.report)
-        .arg("--journal-dir")
-        .arg(&s.journal);
-    c.args(extra);
+    let readers: Vec<&str> = cards.iter().map(|c| c.reader.as_str()).collect();
+    let mut c = station_cmd(vault, s, &readers, extra);
+    c.envs(env.iter().copied());
     run::run(c)
 }
 
@@ -249,20 +260,12 @@ fn pulled_token_resumes_when_reinserted() {
     let vault = Vault::start();
     let mut card = Card::start();
     let s = setup(&[card.serial]);
-    let mut c = pivault(&vault.pivault_env());
-    c.args(["-v", "station", "--profile"]).arg(&s.profile);
-    c.arg("--report")
-        .arg(&s.report)
-        .arg("--journal-dir")
-        .arg(&s.journal);
-    c.args([
-        "--max-tokens",
-        "2",
-        "--idle-exit",
-        "60",
-        "--reader",
-        &card.reader,
-    ]);
+    let mut c = station_cmd(
+        &vault,
+        &s,
+        &[&card.reader],
+        &["--max-tokens", "2", "--idle-exit", "60"],
+    );
     c.stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("station");
     let mut seen = String::new();
@@ -296,20 +299,12 @@ fn sealed_vault_makes_a_token_wait_and_recover() {
     let mut card = Card::start();
     card.remove();
     let s = setup(&[card.serial]);
-    let mut c = pivault(&vault.pivault_env());
-    c.args(["-v", "station", "--profile"]).arg(&s.profile);
-    c.arg("--report")
-        .arg(&s.report)
-        .arg("--journal-dir")
-        .arg(&s.journal);
-    c.args([
-        "--max-tokens",
-        "1",
-        "--idle-exit",
-        "120",
-        "--reader",
-        &card.reader,
-    ]);
+    let mut c = station_cmd(
+        &vault,
+        &s,
+        &[&card.reader],
+        &["--max-tokens", "1", "--idle-exit", "120"],
+    );
     c.stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("station");
     let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();

@@ -4,11 +4,10 @@ use super::args::{Cli, EnrollArgs};
 use super::secrets::{self, Source};
 use pivault::enroll::{self, Context, MgmKeySource, Observer, Plan, Step};
 use pivault::error::exit;
-use pivault::issuer::VaultIssuer;
 use pivault::piv::yubikey::YubiKeyToken;
-use pivault::piv::{MgmAlgorithm, PivToken, Slot};
+use pivault::piv::{PivToken, Slot};
 use pivault::profile::{self, Defaults, Profile, SlotSpec};
-use pivault::secret::{MgmKeyHex, Pin};
+use pivault::secret::MgmKeyHex;
 use pivault::Error;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -177,28 +176,14 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         }
         specs = ask_plan(&mut defaults)?;
     }
-    let mgm_alg: Option<MgmAlgorithm> = a
-        .unlock
-        .mgmt_key_algorithm
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(Error::Usage)?;
+    let mgm_alg = super::mgm_algorithm(&a.unlock)?;
     // Parse everything in the specs once with a stand-in serial so that a typo is refused
     // before the token is opened.
     vars.entry("serial".into()).or_insert_with(|| "0".into());
     profile::resolve(&specs, &defaults, &vars)?;
 
     // 2. Vault: login now, so a wrong secret_id or a dead server changes nothing.
-    let role_id = settings.role_id.clone().ok_or_else(|| {
-        Error::Config("no AppRole role_id: set PIVAULT_ROLE_ID, --role-id or vault.role_id".into())
-    })?;
-    let secret_id = secrets::require(&Source {
-        what: "AppRole secret_id",
-        env: "PIVAULT_SECRET_ID",
-        file: settings.secret_id_file.clone(),
-    })?;
-    let issuer = VaultIssuer::connect(&settings, &role_id, secret_id)?;
+    let issuer = super::login(&settings)?;
 
     // 3. The token, and the plan for it.
     let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
@@ -220,14 +205,7 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         }
     }
 
-    let pin = Pin::new(
-        secrets::require(&Source {
-            what: "PIN",
-            env: "PIVAULT_PIN",
-            file: a.unlock.pin_file.clone(),
-        })?
-        .as_str(),
-    );
+    let pin = super::read_pin(&a.unlock)?;
     let mgm_file = a.unlock.mgmt_key_file.clone();
     let default_ok = a.unlock.default_mgmt_key;
     let mut ask_mgm = move || -> Result<MgmKeySource, Error> {

@@ -113,6 +113,39 @@ pub fn vault_settings(file: &FileConfig, a: &args::VaultArgs) -> Result<VaultSet
     VaultSettings::resolve(&file.vault, &|k| std::env::var(k).ok(), &flags)
 }
 
+/// Log in to Vault with AppRole: role_id from the settings, secret_id from env, file or
+/// prompt. Done before the token is touched, so a wrong secret_id changes nothing.
+pub fn login(settings: &VaultSettings) -> Result<pivault::issuer::VaultIssuer, Error> {
+    let role_id = settings.role_id.clone().ok_or_else(|| {
+        Error::Config("no AppRole role_id: set PIVAULT_ROLE_ID, --role-id or vault.role_id".into())
+    })?;
+    let secret_id = secrets::require(&secrets::Source {
+        what: "AppRole secret_id",
+        env: "PIVAULT_SECRET_ID",
+        file: settings.secret_id_file.clone(),
+    })?;
+    pivault::issuer::VaultIssuer::connect(settings, &role_id, secret_id)
+}
+
+/// The user's PIN: env, owner-only file, stdin or prompt.
+pub fn read_pin(u: &args::UnlockArgs) -> Result<pivault::secret::Pin, Error> {
+    let pin = secrets::require(&secrets::Source {
+        what: "PIN",
+        env: "PIVAULT_PIN",
+        file: u.pin_file.clone(),
+    })?;
+    Ok(pivault::secret::Pin::new(pin.as_str()))
+}
+
+/// `--mgmt-key-algorithm`, parsed.
+pub fn mgm_algorithm(u: &args::UnlockArgs) -> Result<Option<pivault::piv::MgmAlgorithm>, Error> {
+    u.mgmt_key_algorithm
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(Error::Usage)
+}
+
 pub fn selector(t: &TokenArgs) -> Selector {
     Selector {
         serial: t.serial,

@@ -8,7 +8,7 @@ use pivault::error::exit;
 use pivault::escrow;
 use pivault::issuer::VaultIssuer;
 use pivault::piv::yubikey::YubiKeyToken;
-use pivault::piv::{MgmAlgorithm, PivToken, Slot, TokenError};
+use pivault::piv::{PivToken, Slot, TokenError};
 use pivault::renew::{self, Journal, Threshold};
 use pivault::secret::{MgmKeyHex, Pin, Puk};
 use pivault::Error;
@@ -18,15 +18,7 @@ use std::process::ExitCode;
 pub fn connect(cli: &Cli, v: &VaultArgs) -> Result<(VaultSettings, VaultIssuer), Error> {
     let file = super::load_config(cli)?;
     let settings = super::vault_settings(&file, v)?;
-    let role_id = settings.role_id.clone().ok_or_else(|| {
-        Error::Config("no AppRole role_id: set PIVAULT_ROLE_ID, --role-id or vault.role_id".into())
-    })?;
-    let secret_id = secrets::require(&Source {
-        what: "AppRole secret_id",
-        env: "PIVAULT_SECRET_ID",
-        file: settings.secret_id_file.clone(),
-    })?;
-    let issuer = VaultIssuer::connect(&settings, &role_id, secret_id)?;
+    let issuer = super::login(&settings)?;
     Ok((settings, issuer))
 }
 
@@ -140,21 +132,8 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let pin = Pin::new(
-        secrets::require(&Source {
-            what: "PIN",
-            env: "PIVAULT_PIN",
-            file: a.unlock.pin_file.clone(),
-        })?
-        .as_str(),
-    );
-    let mgm_alg: Option<MgmAlgorithm> = a
-        .unlock
-        .mgmt_key_algorithm
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(Error::Usage)?;
+    let pin = super::read_pin(&a.unlock)?;
+    let mgm_alg = super::mgm_algorithm(&a.unlock)?;
     let client = issuer.client().clone();
     let mgm_file = a.unlock.mgmt_key_file.clone();
     let mut ask_mgm = || -> Result<MgmKeySource, Error> {
