@@ -20,10 +20,14 @@ fn env_for(vault: &Vault) -> Vec<(String, String)> {
 
 fn enroll_cmd(card: &Card, env: &[(String, String)], extra: &[&str]) -> Command {
     let mut c = pivault(env);
+    // --reader as well as --serial: pivault then opens (and SELECTs) only this card, not
+    // the cards other tests are working on.
     c.args([
         "enroll",
         "--serial",
         &card.serial.to_string(),
+        "--reader",
+        &card.reader,
         "--default-mgmt-key",
     ]);
     c.args(extra);
@@ -36,7 +40,14 @@ fn json(o: &Output) -> Value {
 
 fn status(card: &Card) -> Value {
     let mut c = pivault(&[]);
-    c.args(["status", "--json", "--serial", &card.serial.to_string()]);
+    c.args([
+        "status",
+        "--json",
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
     json(&run::ok(c))
 }
 
@@ -528,6 +539,8 @@ fn no_secret_reaches_any_output_even_at_trace_level() {
         "--json",
         "--serial",
         &card.serial.to_string(),
+        "--reader",
+        &card.reader,
     ]);
     c.args(["--slot", "9a", "--cn", "Jane"]);
     let o = run::ok(c);

@@ -43,7 +43,12 @@ fn cmd(vault: &Vault, card: &Card, args: &[&str], state: &std::path::Path) -> Co
     env.push(("PIVAULT_PIN".into(), PIN.into()));
     let mut c = pivault(&env);
     c.args(args);
-    c.args(["--serial", &card.serial.to_string()]);
+    c.args([
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
     if args.contains(&"renew") {
         c.arg("--state-dir").arg(state);
     }
@@ -58,6 +63,8 @@ fn enroll(vault: &Vault, card: &Card, ttl: &str) {
         "enroll",
         "--serial",
         &card.serial.to_string(),
+        "--reader",
+        &card.reader,
         "--default-mgmt-key",
     ]);
     c.args([
@@ -253,21 +260,41 @@ fn blocked_pin_is_unblocked_with_the_escrowed_puk_which_is_then_rotated() {
         run::run(c);
     }
     let mut c = pivault(&[]);
-    c.args(["status", "--json", "--serial", &card.serial.to_string()]);
+    c.args([
+        "status",
+        "--json",
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
     assert_eq!(json(&run::ok(c))["pin_tries_left"], 0, "PIN not blocked");
 
     // A trivial PIN is refused before anything happens.
     let mut env = vault.pivault_env();
     env.push(("PIVAULT_NEW_PIN".into(), "111111".into()));
     let mut c = pivault(&env);
-    c.args(["unblock", "--serial", &card.serial.to_string()]);
+    c.args([
+        "unblock",
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
     let o = run::run(c);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 
     let mut env = vault.pivault_env();
     env.push(("PIVAULT_NEW_PIN".into(), "48291573".into()));
     let mut c = pivault(&env);
-    c.args(["--json", "unblock", "--serial", &card.serial.to_string()]);
+    c.args([
+        "--json",
+        "unblock",
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
     let o = run::ok(c);
     assert_eq!(json(&o)["ok"], true);
     let mut c = run::tool("yubico-piv-tool");

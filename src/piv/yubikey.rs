@@ -44,6 +44,9 @@ impl Selector {
 pub struct YubiKeyToken {
     yk: YubiKey,
     info: TokenInfo,
+    /// The management key last accepted, kept (zeroized on drop) so a session ended by
+    /// another program's SELECT can be re-established once, without asking again.
+    mgm: Option<(Zeroizing<Vec<u8>>, MgmAlgorithm)>,
 }
 
 impl std::fmt::Debug for YubiKeyToken {
@@ -63,9 +66,11 @@ fn info_of(yk: &YubiKey) -> TokenInfo {
     }
 }
 
-/// Open every reader and keep the tokens that answer as a YubiKey PIV application.
-/// Readers that fail to open (empty, another application's card) are skipped.
-fn open_all() -> Result<Vec<YubiKey>, TokenError> {
+/// Open the readers (only `only` when given) and keep the tokens that answer as a YubiKey
+/// PIV application. Readers that fail to open (empty, another application's card) are
+/// skipped. Opening SELECTs the PIV application, which ends another program's PIN and
+/// management-key session on that card: touch no more readers than needed.
+fn open_all(only: Option<&str>) -> Result<Vec<YubiKey>, TokenError> {
     let mut ctx = Context::open().map_err(|e| map_err("list readers", e))?;
     let readers = match ctx.iter() {
         Ok(r) => r,
@@ -75,12 +80,15 @@ fn open_all() -> Result<Vec<YubiKey>, TokenError> {
         }) => return Ok(Vec::new()),
         Err(e) => return Err(map_err("list readers", e)),
     };
-    Ok(readers.filter_map(|r| r.open().ok()).collect())
+    Ok(readers
+        .filter(|r| only.is_none_or(|o| r.name() == o))
+        .filter_map(|r| r.open().ok())
+        .collect())
 }
 
 /// The tokens present now.
 pub fn list() -> Result<Vec<TokenInfo>, TokenError> {
-    let tokens = open_all()?;
+    let tokens = open_all(None)?;
     let infos = tokens.iter().map(info_of).collect();
     for yk in tokens {
         // Leave the card as it is: another program may hold a verified PIN.
@@ -93,7 +101,7 @@ impl YubiKeyToken {
     /// Open the one token the selector names; with no selector, the only token present.
     pub fn open(sel: &Selector) -> Result<YubiKeyToken, TokenError> {
         let mut found: Vec<YubiKey> = Vec::new();
-        for yk in open_all()? {
+        for yk in open_all(sel.reader.as_deref())? {
             if sel.matches(&info_of(&yk)) {
                 found.push(yk);
             } else {
@@ -106,7 +114,11 @@ impl YubiKeyToken {
                 let yk = found.remove(0);
                 let info = info_of(&yk);
                 log::debug!("opened token {} in '{}'", info.serial, info.reader);
-                Ok(YubiKeyToken { yk, info })
+                Ok(YubiKeyToken {
+                    yk,
+                    info,
+                    mgm: None,
+                })
             }
             _ => {
                 let names: Vec<String> = found
@@ -281,6 +293,39 @@ fn ccc_bytes(card_id: [u8; 14]) -> Vec<u8> {
 }
 
 impl YubiKeyToken {
+    /// Run an operation that needs management-key authentication. If the token says the
+    /// session is gone (another program SELECTed the application in between), authenticate
+    /// again with the key last accepted and retry once.
+    fn with_admin<T>(
+        &mut self,
+        op: &'static str,
+        mut f: impl FnMut(&mut YubiKey) -> yubikey::Result<T>,
+    ) -> Result<T, TokenError> {
+        match f(&mut self.yk) {
+            Err(yubikey::Error::AuthenticationError) if self.mgm.is_some() => {
+                log::info!("{op}: management-key session lost; authenticating again");
+                let k = self
+                    .mgm
+                    .as_ref()
+                    .and_then(|(b, alg)| MgmKey::from_bytes(&**b, Some(mgm_alg_id(*alg))).ok())
+                    .ok_or(TokenError::MgmKeyRejected)?;
+                self.yk.authenticate(&k).map_err(|e| self.fail(op, e))?;
+                f(&mut self.yk).map_err(|e| self.admin_fail(op, e))
+            }
+            r => r.map_err(|e| self.admin_fail(op, e)),
+        }
+    }
+
+    fn admin_fail(&self, op: &'static str, e: yubikey::Error) -> TokenError {
+        match e {
+            yubikey::Error::AuthenticationError => TokenError::Card {
+                op,
+                detail: "the token refused: management key not authenticated".into(),
+            },
+            e => self.fail(op, e),
+        }
+    }
+
     /// Whether the reader still holds a card, asked through a fresh PC/SC context. Used to
     /// tell "the token was pulled" from other failures the `yubikey` crate reports as a
     /// generic error.
@@ -430,7 +475,10 @@ impl PivToken for YubiKeyToken {
         let k = MgmKey::from_bytes(&*bytes, Some(mgm_alg_id(alg)))
             .map_err(|_| TokenError::MgmKeyRejected)?;
         match self.yk.authenticate(&k) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.mgm = Some((bytes, alg));
+                Ok(())
+            }
             Err(yubikey::Error::AuthenticationError) => Err(TokenError::MgmKeyRejected),
             Err(e) => Err(self.fail("authenticate management key", e)),
         }
@@ -494,19 +542,14 @@ impl PivToken for YubiKeyToken {
         if self.info.version < alg.min_firmware() {
             return Err(self.unsupported(&format!("{alg} key generation")));
         }
-        piv::generate(
-            &mut self.yk,
-            slot_id(slot),
-            alg_id(alg),
-            pin_policy(pin),
-            touch_policy(touch),
-        )
-        .map_err(|e| match e {
-            yubikey::Error::AuthenticationError => TokenError::Card {
-                op: "generate key",
-                detail: "the token refused: management key not authenticated".into(),
-            },
-            e => self.fail("generate key", e),
+        self.with_admin("generate key", |yk| {
+            piv::generate(
+                yk,
+                slot_id(slot),
+                alg_id(alg),
+                pin_policy(pin),
+                touch_policy(touch),
+            )
         })
     }
 
@@ -532,13 +575,14 @@ impl PivToken for YubiKeyToken {
             op: "write certificate",
             detail: e.to_string(),
         })?;
-        Certificate { cert }
-            .write(
-                &mut self.yk,
+        let cert = Certificate { cert };
+        self.with_admin("write certificate", |yk| {
+            cert.write(
+                yk,
                 slot_id(slot),
                 yubikey::certificate::CertInfo::Uncompressed,
             )
-            .map_err(|e| self.fail("write certificate", e))
+        })
     }
 
     fn ensure_chuid_ccc(&mut self) -> Result<bool, TokenError> {
@@ -547,19 +591,17 @@ impl PivToken for YubiKeyToken {
         if !self.object_present(OBJ_CHUID)? {
             let mut guid = [0u8; 16];
             rand::rng().fill_bytes(&mut guid);
-            let mut data = chuid_bytes(guid);
-            self.yk
-                .save_object(OBJ_CHUID, &mut data)
-                .map_err(|e| self.fail("write CHUID", e))?;
+            let data = chuid_bytes(guid);
+            self.with_admin("write CHUID", |yk| {
+                yk.save_object(OBJ_CHUID, &mut data.clone())
+            })?;
             wrote = true;
         }
         if !self.object_present(OBJ_CCC)? {
             let mut id = [0u8; 14];
             rand::rng().fill_bytes(&mut id);
-            let mut data = ccc_bytes(id);
-            self.yk
-                .save_object(OBJ_CCC, &mut data)
-                .map_err(|e| self.fail("write CCC", e))?;
+            let data = ccc_bytes(id);
+            self.with_admin("write CCC", |yk| yk.save_object(OBJ_CCC, &mut data.clone()))?;
             wrote = true;
         }
         Ok(wrote)
@@ -606,12 +648,15 @@ impl PivToken for YubiKeyToken {
             );
         let k = MgmKey::from_bytes(&*bytes, Some(mgm_alg_id(alg)))
             .map_err(|e| self.fail("set management key", e))?;
-        let r = if protected {
-            k.set_protected(&mut self.yk)
-        } else {
-            k.set_manual(&mut self.yk, false)
-        };
-        r.map_err(|e| self.fail("set management key", e))
+        self.with_admin("set management key", |yk| {
+            if protected {
+                k.set_protected(yk)
+            } else {
+                k.set_manual(yk, false)
+            }
+        })?;
+        self.mgm = Some((bytes, alg));
+        Ok(())
     }
 }
 
