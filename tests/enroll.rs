@@ -101,6 +101,11 @@ fn enroll_all_four_roles_then_cross_check_with_third_party_tools() {
         c
     });
     assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1 AppRole login(s)"),
+        "one login for the whole run: {}",
+        text(&o)
+    );
     let report = json(&o);
     assert_eq!(report["schema"], 1);
     assert_eq!(report["ok"], true);

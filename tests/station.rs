@@ -326,3 +326,60 @@ fn sealed_vault_makes_a_token_wait_and_recover() {
     assert_eq!(r[0]["serial"], card.serial);
     assert_enrolled(&vault, &card);
 }
+
+#[test]
+fn aes256_on_firmware_5_4_and_renewal_with_only_the_pin() {
+    use common::card::CardOptions;
+    let vault = Vault::start();
+    let card = Card::start_with(CardOptions {
+        version: Some("5.4.3".into()),
+        ..Default::default()
+    });
+    let s = setup(&[card.serial]);
+    let o = station(
+        &vault,
+        &s,
+        &[&card],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_enrolled(&vault, &card);
+    let rec = escrow(&vault, card.serial);
+    assert_eq!(rec["live"]["mgmt_key_algorithm"], "aes256", "{rec}");
+    assert_eq!(rec["live"]["mgmt_key"].as_str().map(str::len), Some(64));
+    assert_eq!(rec["live"]["mgmt_key_protected"], true);
+
+    // The end user knows only the PIN; the management key comes from the token's
+    // PIN-protected store (AES-256).
+    let pin = rec["live"]["pin"].as_str().expect("pin").to_string();
+    let before = run::piv_tool_read_cert(&card.reader, "9a");
+    let mut env = vault.pivault_env();
+    env.push(("PIVAULT_PIN".into(), pin));
+    let mut c = pivault(&env);
+    c.args([
+        "--json",
+        "-v",
+        "renew",
+        "--threshold",
+        "400d", // the station's certificates live a year: due now
+        "--slot",
+        "9a",
+    ]);
+    c.args([
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
+    c.arg("--state-dir").arg(&s.journal);
+    let o = run::ok(c);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["slots"][0]["result"], "renewed", "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PIN-protected on the token"),
+        "{}",
+        text(&o)
+    );
+    assert_ne!(run::piv_tool_read_cert(&card.reader, "9a"), before);
+}

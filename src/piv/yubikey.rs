@@ -402,7 +402,12 @@ impl PivToken for YubiKeyToken {
         }
         match piv::metadata(&mut self.yk, SlotId::Management(ManagementSlotId::Puk)) {
             Ok(m) => Ok(m.retries.map(|r| r.remaining_count)),
-            Err(yubikey::Error::NotSupported) => Ok(None),
+            Err(
+                yubikey::Error::NotSupported
+                | yubikey::Error::ParseError
+                | yubikey::Error::GenericError
+                | yubikey::Error::SizeError,
+            ) => Ok(None),
             Err(e) => Err(self.fail("read PUK metadata", e)),
         }
     }
@@ -516,7 +521,14 @@ impl PivToken for YubiKeyToken {
                 }))
             }
             Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
-            Err(yubikey::Error::NotSupported) => Err(self.unsupported("reading key metadata")),
+            // A token whose firmware number promises GET METADATA but that answers with
+            // nothing usable (some emulators, and cards behind odd middleware) cannot tell.
+            Err(
+                yubikey::Error::NotSupported
+                | yubikey::Error::ParseError
+                | yubikey::Error::GenericError
+                | yubikey::Error::SizeError,
+            ) => Err(self.unsupported("reading key metadata")),
             Err(e) => Err(self.fail("read key metadata", e)),
         }
     }
