@@ -400,7 +400,15 @@ impl Observer for Recorder<'_> {
         self.inner.generated(slot, key)
     }
     fn issued(&mut self, slot: Slot, cert: &Issued) -> Result<(), Error> {
-        self.warnings = cert.warnings.clone();
+        // "the common_name field was provided but the role is set with use_csr_common_name":
+        // pivault sends the names in JSON too, for roles that do not read them from the
+        // CSR; with the contract's roles that note only confirms the CSR's names were used.
+        self.warnings = cert
+            .warnings
+            .iter()
+            .filter(|w| !w.contains("use_csr_common_name") && !w.contains("use_csr_sans"))
+            .cloned()
+            .collect();
         self.inner.issued(slot, cert)
     }
 }

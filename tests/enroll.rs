@@ -580,3 +580,55 @@ fn no_secret_reaches_any_output_even_at_trace_level() {
         .any(|w| (w.starts_with("s.") || w.starts_with("hvs.")) && w.len() > 20);
     assert!(!token_like, "a token-like string leaked:\n{all}");
 }
+
+#[test]
+fn at_a_terminal_it_asks_and_shows_the_plan_without_one_it_refuses() {
+    let vault = Vault::start();
+    let card = Card::start();
+    // No terminal, no slots: a usage error, nothing touched.
+    let o = run::run({
+        let mut c = pivault(&env_for(&vault));
+        c.args(["enroll", "--reader", &card.reader, "--default-mgmt-key"]);
+        c
+    });
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(error_line(&o).contains("no slot given"), "{}", text(&o));
+
+    // On a terminal (script(1) gives it a pty): slots, role, algorithm, CN, e-mail, UPN,
+    // then the plan and a confirmation.
+    let line = format!(
+        "{} enroll --reader '{}' --default-mgmt-key",
+        env!("CARGO_BIN_EXE_pivault"),
+        card.reader
+    );
+    let mut c = run::tool("script");
+    c.args(["-qec", &line, "/dev/null"]);
+    for (k, v) in env_for(&vault) {
+        c.env(k, v);
+    }
+    c.env("PIVAULT_CONFIG", "/dev/null");
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("script(1) from util-linux");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"9e\n\n\nHelpdesk Jane\n\n\ny\n")
+            .expect("answers");
+    }
+    let o = child.wait_with_output().expect("wait");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Slots to enroll"), "{out}");
+    assert!(
+        out.contains("slot 9e (card-authentication): new p256 key")
+            && out.contains("CN=Helpdesk Jane"),
+        "no plan shown:\n{out}"
+    );
+    assert!(out.contains("Proceed?"), "{out}");
+    assert!(out.contains("enrolled"), "{out}");
+    let pem = run::piv_tool_read_cert(&card.reader, "9e");
+    let dir = tempfile::tempdir().expect("tmp");
+    assert!(run::openssl_text(&pem, dir.path()).contains("Helpdesk Jane"));
+}

@@ -185,8 +185,34 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
     // 2. Vault: login now, so a wrong secret_id or a dead server changes nothing.
     let issuer = super::login(&settings)?;
 
-    // 3. The token, and the plan for it.
-    let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
+    // 3. The token, and the plan for it. At a counter with several tokens present and
+    // none named, list them and ask which.
+    let mut sel = super::selector(&a.token);
+    if interactive && sel.serial.is_none() && sel.reader.is_none() {
+        let tokens = pivault::piv::yubikey::list()?;
+        if tokens.len() > 1 {
+            for (i, t) in tokens.iter().enumerate() {
+                eprintln!(
+                    "  {}) {} (firmware {}) in '{}'",
+                    i + 1,
+                    t.serial,
+                    t.version,
+                    t.reader
+                );
+            }
+            let pick = ask("Which token", Some("1"))?;
+            let t = pick
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|i| tokens.get(i))
+                .ok_or_else(|| Error::Usage(format!("'{pick}' is not one of the listed tokens")))?;
+            sel.serial = Some(t.serial);
+            sel.reader = Some(t.reader.clone());
+        }
+    }
+    let mut token = YubiKeyToken::open(&sel)?;
     vars.insert("serial".into(), token.info().serial.to_string());
     let plan = Plan {
         slots: profile::resolve(&specs, &defaults, &vars)?,
