@@ -39,16 +39,7 @@ fn json(o: &Output) -> Value {
 }
 
 fn status(card: &Card) -> Value {
-    let mut c = pivault(&[]);
-    c.args([
-        "status",
-        "--json",
-        "--serial",
-        &card.serial.to_string(),
-        "--reader",
-        &card.reader,
-    ]);
-    json(&run::ok(c))
+    run::status_json(card)
 }
 
 /// The one error line pivault prints, and its hint.

@@ -259,16 +259,11 @@ fn blocked_pin_is_unblocked_with_the_escrowed_puk_which_is_then_rotated() {
         c.args(["-r", &card.reader, "-a", "verify-pin", "-P", "000000"]);
         run::run(c);
     }
-    let mut c = pivault(&[]);
-    c.args([
-        "status",
-        "--json",
-        "--serial",
-        &card.serial.to_string(),
-        "--reader",
-        &card.reader,
-    ]);
-    assert_eq!(json(&run::ok(c))["pin_tries_left"], 0, "PIN not blocked");
+    assert_eq!(
+        run::status_json(&card)["pin_tries_left"],
+        0,
+        "PIN not blocked"
+    );
 
     // A trivial PIN is refused before anything happens.
     let mut env = vault.pivault_env();

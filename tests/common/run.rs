@@ -175,3 +175,12 @@ pub fn openssl_pubkey(cert_pem: &str, dir: &Path) -> String {
     c.args(["x509", "-pubkey", "-noout", "-in"]).arg(&f);
     String::from_utf8_lossy(&ok(c).stdout).into_owned()
 }
+
+/// `pivault status --json` of a rig card, opening only its reader.
+pub fn status_json(card: &super::card::Card) -> serde_json::Value {
+    let mut c = pivault(&[]);
+    c.args(["status", "--json", "--serial", &card.serial.to_string()]);
+    c.args(["--reader", &card.reader]);
+    let o = ok(c);
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(&o)))
+}
