@@ -285,6 +285,9 @@ pub struct Station<'a> {
     /// Test hook: abort the process right after this step (escrow, generate, sign, import),
     /// as a power cut would.
     pub abort_after: Option<String>,
+    /// Roles whose sign path Vault already accepted in this run: the pre-flight request is
+    /// made once per role per station run, not once per token.
+    pub preflighted: std::sync::Mutex<BTreeSet<&'static str>>,
 }
 
 /// Records each slot's progress in the journal and the escrow record as it happens.
@@ -551,10 +554,17 @@ impl Station<'_> {
             force: true,
         }
         .check_token(token)?;
-        let mut asked = BTreeSet::new();
         for sp in &plan {
-            if asked.insert(sp.role.name()) {
+            let done = self
+                .preflighted
+                .lock()
+                .map(|s| s.contains(sp.role.name()))
+                .unwrap_or(false);
+            if !done {
                 enroll::Issuer::preflight(self.issuer, sp.role)?;
+                if let Ok(mut s) = self.preflighted.lock() {
+                    s.insert(sp.role.name());
+                }
             }
         }
         let client = self.issuer.client();

@@ -39,6 +39,7 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
         anchors_der: issuer.anchors_der()?,
         by: format!("pivault station on {}", host_name()),
         abort_after: std::env::var("PIVAULT_TEST_ABORT_AFTER").ok(),
+        preflighted: Default::default(),
     };
     let live = std::io::stderr().is_terminal();
     let on_event = move |what: &str| {
