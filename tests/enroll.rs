@@ -19,19 +19,7 @@ fn env_for(vault: &Vault) -> Vec<(String, String)> {
 }
 
 fn enroll_cmd(card: &Card, env: &[(String, String)], extra: &[&str]) -> Command {
-    let mut c = pivault(env);
-    // --reader as well as --serial: pivault then opens (and SELECTs) only this card, not
-    // the cards other tests are working on.
-    c.args([
-        "enroll",
-        "--serial",
-        &card.serial.to_string(),
-        "--reader",
-        &card.reader,
-        "--default-mgmt-key",
-    ]);
-    c.args(extra);
-    c
+    run::enroll_cmd(card, env, extra)
 }
 
 fn json(o: &Output) -> Value {

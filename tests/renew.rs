@@ -58,25 +58,20 @@ fn cmd(vault: &Vault, card: &Card, args: &[&str], state: &std::path::Path) -> Co
 fn enroll(vault: &Vault, card: &Card, ttl: &str) {
     let mut env = vault.pivault_env();
     env.push(("PIVAULT_PIN".into(), PIN.into()));
-    let mut c = pivault(&env);
-    c.args([
-        "enroll",
-        "--serial",
-        &card.serial.to_string(),
-        "--reader",
-        &card.reader,
-        "--default-mgmt-key",
-    ]);
-    c.args([
-        "--slot",
-        "9a",
-        "--cn",
-        "Renew Me",
-        "--upn",
-        "renew.me@corp.example.org",
-        "--ttl",
-        ttl,
-    ]);
+    let c = run::enroll_cmd(
+        card,
+        &env,
+        &[
+            "--slot",
+            "9a",
+            "--cn",
+            "Renew Me",
+            "--upn",
+            "renew.me@corp.example.org",
+            "--ttl",
+            ttl,
+        ],
+    );
     run::ok(c);
 }
 

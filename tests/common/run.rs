@@ -184,3 +184,14 @@ pub fn status_json(card: &super::card::Card) -> serde_json::Value {
     let o = ok(c);
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(&o)))
 }
+
+/// `pivault enroll` on a rig card with the factory management key. `--reader` as well as
+/// `--serial`: pivault then opens (and SELECTs) only this card, not the cards other tests
+/// are working on.
+pub fn enroll_cmd(card: &super::card::Card, env: &[(String, String)], extra: &[&str]) -> Command {
+    let mut c = pivault(env);
+    c.args(["enroll", "--serial", &card.serial.to_string()]);
+    c.args(["--reader", &card.reader, "--default-mgmt-key"]);
+    c.args(extra);
+    c
+}
