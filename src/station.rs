@@ -326,12 +326,7 @@ impl Observer for Recorder<'_, '_> {
                 serde_json::to_value(cert).map_err(|e| Error::Config(e.to_string()))?,
             );
         }
-        self.rec.version = escrow::write(
-            self.st.issuer.client(),
-            &mut self.rec.record,
-            self.rec.version,
-            &self.st.by,
-        )?;
+        self.st.write(self.rec)?;
         self.st.checkpoint("sign");
         Ok(())
     }
@@ -360,11 +355,7 @@ impl Station<'_> {
     /// Bring the token to the escrowed credentials and leave it unlocked (PIN verified,
     /// management key authenticated). New credentials are escrowed as `pending` before
     /// the first is applied; each is promoted to `live` right after it is applied.
-    fn credentials(
-        &self,
-        token: &mut dyn PivToken,
-        rec: &mut Versioned,
-    ) -> Result<(Pin, MgmKeyHex, MgmAlgorithm), Error> {
+    fn credentials(&self, token: &mut dyn PivToken, rec: &mut Versioned) -> Result<Pin, Error> {
         let v = token.info().version;
         if rec.version == 0 || rec.record.live.mgmt_key.is_none() {
             // No record: only a token in factory state is taken. The default management key
@@ -423,7 +414,7 @@ impl Station<'_> {
             .unwrap_or_else(|| MgmAlgorithm::factory_default(v));
         enroll::verify_pin_safely(token, &pin)?;
         token.authenticate(&key, alg)?;
-        Ok((pin, key, alg))
+        Ok(pin)
     }
 
     /// Apply pending credentials in a fixed order (PIN, PUK, management key), probing each
@@ -600,7 +591,7 @@ impl Station<'_> {
                 line.record_version = Some(rec.version);
                 for sp in &plan {
                     if let Some(d) = token.read_certificate(sp.slot)? {
-                        line.slots.push(slot_line(sp.slot, "kept", &d)?);
+                        line.slots.push(slot_line(sp.slot, "kept", &describe(&d)?));
                     }
                 }
                 return Ok(());
@@ -608,7 +599,7 @@ impl Station<'_> {
         }
         let resumed = rec.version != 0 || !journal.keys.is_empty();
 
-        let (pin, _key, _alg) = self.credentials(token, &mut rec)?;
+        let pin = self.credentials(token, &mut rec)?;
         let ctx = Context {
             issuer: self.issuer,
             anchors_der: self.anchors_der.clone(),
@@ -632,7 +623,8 @@ impl Station<'_> {
                     .and_then(|v| v.into_iter().next());
                 if let Some(rec_der) = rec_der {
                     if current.as_deref() == Some(rec_der.as_slice()) {
-                        line.slots.push(slot_line(sp.slot, "kept", &rec_der)?);
+                        line.slots
+                            .push(slot_line(sp.slot, "kept", &describe(&rec_der)?));
                         continue;
                     }
                     let key = x509_cert::Certificate::from_der(&rec_der)
@@ -641,9 +633,9 @@ impl Station<'_> {
                     token.verify_pin(&pin)?;
                     if slot_holds_key(token, sp.slot, &key) {
                         // Issued before a crash: import it, never ask Vault again.
-                        enroll::import_issued(token, &ctx, sp, &key, iss)?;
+                        let a = enroll::import_issued(token, &ctx, sp, &key, iss)?;
                         self.checkpoint("import");
-                        line.slots.push(slot_line(sp.slot, "reimported", &rec_der)?);
+                        line.slots.push(slot_line(sp.slot, "reimported", &a));
                         continue;
                     }
                 }
@@ -659,12 +651,10 @@ impl Station<'_> {
                 journal: &mut journal,
                 rec: &mut rec,
             };
-            enroll::enroll_slot(token, &ctx, sp, &pin, choice, &mut obs)?;
+            // enroll_slot has read the certificate back and compared it already.
+            let a = enroll::enroll_slot(token, &ctx, sp, &pin, choice, &mut obs)?;
             self.checkpoint("import");
-            let der = token
-                .read_certificate(sp.slot)?
-                .ok_or(Error::ReadBack { slot: sp.slot })?;
-            line.slots.push(slot_line(sp.slot, "enrolled", &der)?);
+            line.slots.push(slot_line(sp.slot, "enrolled", &a));
         }
         token.ensure_chuid_ccc()?;
         rec.record
@@ -682,15 +672,18 @@ impl Station<'_> {
     }
 }
 
-fn slot_line(slot: Slot, action: &str, der: &[u8]) -> Result<SlotLine, Error> {
-    let a = crate::verify::describe(der).map_err(|e| Error::Config(e.to_string()))?;
-    Ok(SlotLine {
+fn describe(der: &[u8]) -> Result<crate::verify::Accepted, Error> {
+    crate::verify::describe(der).map_err(|e| Error::Config(e.to_string()))
+}
+
+fn slot_line(slot: Slot, action: &str, a: &crate::verify::Accepted) -> SlotLine {
+    SlotLine {
         slot,
         action: action.into(),
-        certificate_serial: a.serial_hex,
+        certificate_serial: a.serial_hex.clone(),
         not_after: crate::report::rfc3339(a.not_after),
-        sha256_fingerprint: a.sha256,
-    })
+        sha256_fingerprint: a.sha256.clone(),
+    }
 }
 
 /// Append a line to the report file and fsync it.

@@ -2,7 +2,6 @@
 
 use super::args::{Cli, RenewArgs, UnblockArgs, VaultArgs};
 use super::secrets::{self, Source};
-use pivault::config::VaultSettings;
 use pivault::enroll::{self, Context, MgmKeySource};
 use pivault::error::exit;
 use pivault::escrow;
@@ -15,11 +14,10 @@ use pivault::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub fn connect(cli: &Cli, v: &VaultArgs) -> Result<(VaultSettings, VaultIssuer), Error> {
+/// Configuration file < environment < flags, then the AppRole login.
+pub fn connect(cli: &Cli, v: &VaultArgs) -> Result<VaultIssuer, Error> {
     let file = super::load_config(cli)?;
-    let settings = super::vault_settings(&file, v)?;
-    let issuer = super::login(&settings)?;
-    Ok((settings, issuer))
+    super::login(&super::vault_settings(&file, v)?)
 }
 
 fn state_dir(a: &RenewArgs) -> PathBuf {
@@ -54,7 +52,7 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
         .map(|s| s.parse())
         .collect::<Result<_, _>>()
         .map_err(Error::Usage)?;
-    let (_settings, issuer) = connect(cli, &a.vault)?;
+    let issuer = connect(cli, &a.vault)?;
     let mut ca_subjects = Vec::new();
     for pem in issuer.client().ca_chain()? {
         for der in pivault::verify::pem_bundle_to_der(&pem)
@@ -210,7 +208,7 @@ fn new_pin(a: &UnblockArgs) -> Result<Pin, Error> {
 
 pub fn unblock(cli: &Cli, a: &UnblockArgs) -> Result<ExitCode, Error> {
     let new = new_pin(a)?;
-    let (_s, issuer) = connect(cli, &a.vault)?;
+    let issuer = connect(cli, &a.vault)?;
     let client = issuer.client();
     let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
     let serial = token.info().serial;

@@ -25,7 +25,7 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
     });
     std::fs::create_dir_all(&journal_dir)
         .map_err(|e| Error::Config(format!("journal directory {}: {e}", journal_dir.display())))?;
-    let (_settings, issuer) = super::renew::connect(cli, &a.vault)?;
+    let issuer = super::renew::connect(cli, &a.vault)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
