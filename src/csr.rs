@@ -6,9 +6,8 @@
 
 use crate::crypto;
 use crate::piv::{Algorithm, PivToken, Slot, TokenError};
-use der::{asn1::BitString, Decode, Encode, EncodePem};
+use der::{asn1::BitString, Encode, EncodePem};
 use spki::SubjectPublicKeyInfoOwned;
-use std::str::FromStr;
 use x509_cert::{
     attr::Attributes,
     ext::{
@@ -92,25 +91,59 @@ impl Subject {
 
     /// The subject as an X.500 name: CN only (Vault keeps only the CN unless the role
     /// allows more, see openbao-facts).
+    ///
+    /// Built from the attribute (OID 2.5.4.3, UTF8String per RFC 5280 4.1.2.6) directly,
+    /// never by formatting an RFC 4514 string and parsing it back.
     pub fn name(&self) -> Result<Name, CsrError> {
-        Name::from_str(&format!("CN={}", escape_rdn_value(self.common_name.trim())))
-            .map_err(|e| CsrError::Subject(format!("common name: {e}")))
+        use der::{asn1::Any, Decode, Encode, Tag};
+        use x509_cert::attr::AttributeTypeAndValue;
+        use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
+        let bad = |e: der::Error| CsrError::Subject(format!("common name: {e}"));
+        let cn = AttributeTypeAndValue {
+            oid: const_oid::db::rfc4519::COMMON_NAME,
+            value: Any::new(Tag::Utf8String, self.common_name.trim().as_bytes()).map_err(bad)?,
+        };
+        let mut rdns = RdnSequence::default();
+        rdns.push(RelativeDistinguishedName::try_from(vec![cn]).map_err(bad)?);
+        Name::from_der(&rdns.to_der().map_err(bad)?).map_err(bad)
     }
-}
 
-/// Escape an attribute value for an RFC 4514 string.
-fn escape_rdn_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for (i, c) in v.chars().enumerate() {
-        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
-            || (i == 0 && (c == '#' || c == ' '))
-            || (i + 1 == v.chars().count() && c == ' ');
-        if special {
-            out.push('\\');
+    /// CN, e-mail and UPN of a certificate, read by OID from the subject's RDNs and the
+    /// subjectAltName (RFC 5280 4.1.2.6, 4.2.1.6; UPN: [MS-WCCE] 2.2.2.7.7.4).
+    pub fn of_certificate(cert: &x509_cert::Certificate) -> Subject {
+        use x509_cert::ext::pkix::{name::GeneralName, SubjectAltName};
+        let tbs = cert.tbs_certificate();
+        let common_name = tbs
+            .subject()
+            .common_name()
+            .ok()
+            .flatten()
+            .map(|d| d.value().into_owned())
+            .unwrap_or_default();
+        let upn_oid = const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.20.2.3");
+        let (mut email, mut upn) = (None, None);
+        if let Ok(Some((_, san))) = tbs.get_extension::<SubjectAltName>() {
+            for n in san.0 {
+                match n {
+                    GeneralName::Rfc822Name(e) => email = email.or(Some(e.to_string())),
+                    GeneralName::OtherName(o) if o.type_id == upn_oid => {
+                        // value is [0] EXPLICIT UTF8String; `value` holds the UTF8String.
+                        upn = upn.or(o
+                            .value
+                            .decode_as::<der::asn1::Utf8StringRef<'_>>()
+                            .ok()
+                            .map(|s| s.to_string()));
+                    }
+                    _ => {}
+                }
+            }
         }
-        out.push(c);
+        Subject {
+            common_name,
+            email,
+            upn,
+        }
     }
-    out
 }
 
 /// A request ready to send, and the facts to check the answer against.
@@ -160,13 +193,6 @@ pub fn build_and_sign(
     let der = req.to_der().map_err(enc)?;
     let pem = req.to_pem(der::pem::LineEnding::LF).map_err(enc)?;
     Ok(SignedCsr { der, pem })
-}
-
-/// Verify a DER CSR's self-signature (used by tests and by `--check` style tooling).
-pub fn verify_csr(der: &[u8]) -> Result<(), String> {
-    let req = CertReq::from_der(der).map_err(|e| e.to_string())?;
-    let tbs = req.info.to_der().map_err(|e| e.to_string())?;
-    crypto::verify(&req.info.public_key, &tbs, req.signature.raw_bytes())
 }
 
 /// The signature algorithm a CSR would use for a key type (exposed for reports).
@@ -232,5 +258,7 @@ mod tests {
         };
         let name = s.name().expect("name");
         assert_eq!(name.to_string(), "CN=Doe\\, Jane \\+ co");
+        let cn = name.common_name().expect("cn").expect("present");
+        assert_eq!(cn.value(), "Doe, Jane + co");
     }
 }

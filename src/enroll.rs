@@ -4,13 +4,16 @@
 
 use crate::csr::{self, Subject};
 use crate::error::Error;
+use crate::hooks::checkpoint;
 use crate::piv::{
     Algorithm, MgmAlgorithm, PinPolicy, PivToken, Role, Slot, TokenError, TouchPolicy,
     DEFAULT_MGM_KEY_HEX,
 };
-use crate::report::{rfc3339, EnrollReport, SlotReport, SCHEMA_VERSION};
+use crate::report::rfc3339;
 use crate::secret::{MgmKeyHex, Pin};
 use crate::verify::{self, Accepted, Expectation};
+pub use crate::workflow::Outcome;
+use crate::workflow::{run_token, Preflight, SlotAction, SlotPolicy};
 use spki::SubjectPublicKeyInfoOwned;
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -156,6 +159,11 @@ pub trait Observer {
     fn generated(&mut self, _slot: Slot, _key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
         Ok(())
     }
+    /// The CSR is about to be sent: from here until `issued`, a lost answer leaves the
+    /// issuance in doubt (the station journals that, and never repeats it by itself).
+    fn requesting(&mut self, _slot: Slot) -> Result<(), Error> {
+        Ok(())
+    }
     fn issued(&mut self, _slot: Slot, _cert: &Issued) -> Result<(), Error> {
         Ok(())
     }
@@ -171,6 +179,8 @@ pub struct Context<'a> {
     /// Trust anchors that issued certificates must chain to (DER); Vault's own root when
     /// empty.
     pub anchors_der: Vec<Vec<u8>>,
+    /// Roles already checked with Vault in this run.
+    pub preflight: &'a Preflight,
 }
 
 /// Verify the PIN (never spending the last try) and authenticate with the management
@@ -226,14 +236,7 @@ pub fn unlock(
     Ok(())
 }
 
-/// VERIFY the PIN unless only one try is left (pivault never risks blocking a token).
-pub fn verify_pin_safely(token: &mut dyn PivToken, pin: &Pin) -> Result<(), Error> {
-    match token.pin_retries()? {
-        Some(0) => Err(TokenError::PinBlocked.into()),
-        Some(1) => Err(TokenError::PinLastTry.into()),
-        _ => Ok(token.verify_pin(pin)?),
-    }
-}
+pub use crate::credentials::verify_pin_safely;
 
 /// What a slot holds now, in words, or `None` when empty.
 pub fn occupant(token: &mut dyn PivToken, slot: Slot) -> Result<Option<String>, Error> {
@@ -322,6 +325,7 @@ pub fn enroll_slot(
             // DESTRUCTIVE: replaces the slot's private key.
             let k = token.generate_key(sp.slot, sp.algorithm, sp.pin_policy, sp.touch_policy)?;
             obs.generated(sp.slot, &k)?;
+            checkpoint("generate");
             k
         }
         KeyChoice::Existing(k) => k,
@@ -331,85 +335,48 @@ pub fn enroll_slot(
     token.verify_pin(pin)?;
     let csr = csr::build_and_sign(token, sp.slot, &key, &sp.subject)?;
     step(token, obs, sp.slot, Step::Requesting(sp.role));
+    obs.requesting(sp.slot)?;
     let issued = ctx
         .issuer
         .issue(sp.role, &csr.pem, &sp.subject, sp.ttl.as_deref())?;
     obs.issued(sp.slot, &issued)?;
+    checkpoint("sign");
     step(token, obs, sp.slot, Step::Importing);
     import_issued(token, ctx, sp, &key, &issued)
 }
 
-/// Errors that concern one slot only; others stop the run.
-fn slot_local(e: &Error) -> bool {
-    match e {
-        Error::Verify { .. } | Error::ReadBack { .. } | Error::Csr(_) => true,
-        Error::Vault(v) => v.is_request_refused(),
-        _ => false,
-    }
+/// `enroll`'s slot policy: a new key in every slot (occupied slots were refused before,
+/// unless --force).
+struct Generate<'o> {
+    obs: &'o mut dyn Observer,
 }
 
-pub fn slot_report(sp: &SlotPlan, result: &str, a: &Accepted, warnings: &[String]) -> SlotReport {
-    SlotReport {
-        slot: sp.slot,
-        algorithm: sp.algorithm,
-        role: sp.role,
-        result: result.into(),
-        certificate_serial: Some(a.serial_hex.clone()),
-        subject: Some(a.subject.clone()),
-        issuer: Some(a.issuer.clone()),
-        not_after: Some(rfc3339(a.not_after)),
-        sha256_fingerprint: Some(a.sha256.clone()),
-        vault_warnings: warnings.to_vec(),
-        error: None,
-    }
-}
-
-pub fn failed_report(sp: &SlotPlan, e: &Error) -> SlotReport {
-    SlotReport {
-        slot: sp.slot,
-        algorithm: sp.algorithm,
-        role: sp.role,
-        result: "failed".into(),
-        certificate_serial: None,
-        subject: None,
-        issuer: None,
-        not_after: None,
-        sha256_fingerprint: None,
-        vault_warnings: Vec::new(),
-        error: Some(e.to_string()),
-    }
-}
-
-/// The result of a run: the report, and the error that stopped it early, if any.
-pub struct Outcome {
-    pub report: EnrollReport,
-    pub fatal: Option<Error>,
-}
-
-/// Records Vault's warnings per slot for the report, and forwards to the caller's observer.
-struct Recorder<'o> {
-    inner: &'o mut dyn Observer,
-    warnings: Vec<String>,
-}
-
-impl Observer for Recorder<'_> {
-    fn step(&mut self, slot: Slot, step: Step) {
-        self.inner.step(slot, step)
+impl Observer for Generate<'_> {
+    fn step(&mut self, slot: Slot, s: Step) {
+        self.obs.step(slot, s)
     }
     fn generated(&mut self, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
-        self.inner.generated(slot, key)
+        self.obs.generated(slot, key)
+    }
+    fn requesting(&mut self, slot: Slot) -> Result<(), Error> {
+        self.obs.requesting(slot)
     }
     fn issued(&mut self, slot: Slot, cert: &Issued) -> Result<(), Error> {
-        // "the common_name field was provided but the role is set with use_csr_common_name":
-        // pivault sends the names in JSON too, for roles that do not read them from the
-        // CSR; with the contract's roles that note only confirms the CSR's names were used.
-        self.warnings = cert
-            .warnings
-            .iter()
-            .filter(|w| !w.contains("use_csr_common_name") && !w.contains("use_csr_sans"))
-            .cloned()
-            .collect();
-        self.inner.issued(slot, cert)
+        self.obs.issued(slot, cert)
+    }
+}
+
+impl SlotPolicy for Generate<'_> {
+    fn decide(
+        &mut self,
+        _: &mut dyn PivToken,
+        _: &Context<'_>,
+        _: &SlotPlan,
+    ) -> Result<SlotAction, Error> {
+        Ok(SlotAction::Certify(KeyChoice::Generate))
+    }
+    fn certified_word(&self) -> &'static str {
+        "enrolled"
     }
 }
 
@@ -429,12 +396,8 @@ pub fn enroll(
 ) -> Result<Outcome, Error> {
     plan.validate()?;
     plan.check_token(token)?;
-    let mut asked = BTreeSet::new();
-    for sp in &plan.slots {
-        if asked.insert(sp.role.name()) {
-            ctx.issuer.preflight(sp.role)?;
-        }
-    }
+    ctx.preflight
+        .check(ctx, plan.slots.iter().map(|sp| sp.role))?;
     unlock(token, pin, mgm_alg, ask_mgm)?;
     if !plan.force {
         for sp in &plan.slots {
@@ -447,45 +410,24 @@ pub fn enroll(
         }
     }
 
-    let info = token.info().clone();
-    let mut report = EnrollReport {
-        schema: SCHEMA_VERSION,
-        command: "enroll",
-        token_serial: info.serial,
-        firmware: info.version,
-        reader: info.reader,
-        slots: Vec::new(),
-        wrote_chuid_ccc: false,
-        ok: false,
-    };
-    let mut fatal = None;
-    for sp in &plan.slots {
-        let mut rec = Recorder {
-            inner: obs,
-            warnings: Vec::new(),
-        };
-        match enroll_slot(token, ctx, sp, pin, KeyChoice::Generate, &mut rec) {
-            Ok(a) => report
-                .slots
-                .push(slot_report(sp, "enrolled", &a, &rec.warnings)),
-            Err(e) => {
-                report.slots.push(failed_report(sp, &e));
-                if !slot_local(&e) {
-                    fatal = Some(e);
-                    break;
-                }
-            }
-        }
-    }
+    let Outcome {
+        mut report,
+        mut fatal,
+    } = run_token(
+        token,
+        ctx,
+        "enroll",
+        &plan.slots,
+        pin,
+        &mut Generate { obs },
+    );
     if fatal.is_none() && report.slots.iter().any(|s| s.error.is_none()) {
         match token.ensure_chuid_ccc() {
             Ok(w) => report.wrote_chuid_ccc = w,
             Err(e) => fatal = Some(e.into()),
         }
     }
-    report.ok = fatal.is_none()
-        && report.slots.len() == plan.slots.len()
-        && report.slots.iter().all(|s| s.error.is_none());
+    report.ok &= fatal.is_none();
     Ok(Outcome { report, fatal })
 }
 
@@ -545,9 +487,11 @@ mod tests {
         plan: &Plan,
         pin: &str,
     ) -> Result<Outcome, Error> {
+        let pf = Preflight::default();
         let ctx = Context {
             issuer,
             anchors_der: Vec::new(),
+            preflight: &pf,
         };
         enroll(
             token,

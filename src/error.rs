@@ -31,6 +31,36 @@ pub enum Error {
     },
     #[error("slot {slot}: the certificate read back from the token differs from the one written")]
     ReadBack { slot: Slot },
+    /// The escrow record in Vault KV is missing, incomplete or unreadable.
+    #[error("escrow: {0}")]
+    Escrow(String),
+    /// A token without an escrow record that is not in factory state.
+    #[error("the token is not in factory state ({what}) and Vault has no escrow record for it")]
+    NotFactory { what: String, pin_try_spent: bool },
+    /// Local files (journal, report, state directory) after work began.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate request was sent and its answer lost: Vault may have issued it.
+    #[error("slot {slot}: a certificate request sent at {since} got no answer; Vault may have issued a certificate")]
+    InDoubt {
+        slot: Slot,
+        since: String,
+        journal: std::path::PathBuf,
+    },
+    /// Some slots of a token failed (each is in the report).
+    #[error("{0}")]
+    Incomplete(String),
+    /// A failure after the token or Vault was already changed: never "nothing changed".
+    #[error("{source} (after {done})")]
+    AfterChange {
+        done: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// Exit codes (documented in the README and `pivault --help`).
@@ -70,7 +100,13 @@ impl Error {
                 | TokenError::PinLastTry
                 | TokenError::PukBlocked,
             ) => exit::NEEDS_PERSON,
-            Error::SlotOccupied { .. } => exit::NEEDS_PERSON,
+            Error::SlotOccupied { .. } | Error::NotFactory { .. } => exit::NEEDS_PERSON,
+            Error::Token(TokenError::PukLastTry) => exit::NEEDS_PERSON,
+            // Something was changed: never 2 or 4 ("nothing was changed").
+            Error::AfterChange { source, .. } => match source.exit_code() {
+                exit::USAGE | exit::VAULT_UNAVAILABLE => exit::FAILED,
+                c => c,
+            },
             Error::Vault(v) if v.is_unavailable() => exit::VAULT_UNAVAILABLE,
             // Wrong credentials, namespace, CA bundle or settings: fix the configuration.
             Error::Vault(
@@ -99,6 +135,24 @@ impl Error {
             Error::Csr(CsrError::Subject(_)) => {
                 Some("fix the subject (--cn, --email, --upn or the profile)".into())
             }
+            Error::NotFactory { pin_try_spent, .. } => Some(format!(
+                "reset it (ykman piv reset) or escrow its credentials first{}",
+                if *pin_try_spent {
+                    "; one PIN try was spent finding out (this firmware has no metadata), \
+                     the next correct PIN restores it"
+                } else {
+                    ""
+                }
+            )),
+            Error::InDoubt { slot, journal, .. } => Some(format!(
+                "check Vault's certificate list (and revoke a certificate nobody holds); then remove \
+                 slot {slot} from \"requested\" in {} to request again",
+                journal.display()
+            )),
+            Error::AfterChange { source, .. } => Some(match source.hint() {
+                Some(h) => format!("the token was changed; {h}; then run the same command again"),
+                None => "the token was changed; run the same command again to finish".into(),
+            }),
             _ => None,
         }
     }
@@ -115,6 +169,9 @@ fn token_hint(t: &TokenError) -> Option<String> {
         }
         TokenError::PinLastTry => {
             "verify the PIN elsewhere first, or unblock/reset it at a helpdesk".into()
+        }
+        TokenError::PukLastTry => {
+            "one PUK try is left: unblock it by hand, knowing the PUK, or reset the token".into()
         }
         TokenError::PukBlocked => {
             "the PIV application can only be reset now (`ykman piv reset`), which erases every key"

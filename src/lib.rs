@@ -8,12 +8,15 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod config;
+pub mod credentials;
 pub mod crypto;
 pub mod csr;
 pub mod enroll;
 pub mod error;
 pub mod escrow;
+pub mod hooks;
 pub mod issuer;
+pub mod journal;
 pub mod piv;
 pub mod profile;
 pub mod readers;
@@ -24,5 +27,6 @@ pub mod station;
 pub mod status;
 pub mod vault;
 pub mod verify;
+pub mod workflow;
 
 pub use error::Error;

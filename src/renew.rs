@@ -6,17 +6,18 @@
 //! so a run that dies between generation and import is finished by the next run.
 
 use crate::csr::Subject;
-use crate::enroll::{self, Context, KeyChoice, Observer, SlotPlan};
+use crate::enroll::{Context, Issued, KeyChoice, Observer, SlotPlan};
 use crate::error::Error;
+use crate::journal::{Entry, Journal};
 use crate::piv::{PinPolicy, PivToken, Role, Slot, TouchPolicy};
-use crate::report::{rfc3339, EnrollReport, SCHEMA_VERSION};
+use crate::report::rfc3339;
 use crate::secret::Pin;
-use der::{Decode, Encode};
+use crate::workflow::{run_token, slot_holds_key, Outcome, SlotAction, SlotPolicy};
+use der::Decode;
 use serde::Serialize;
 use spki::SubjectPublicKeyInfoOwned;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use x509_cert::ext::pkix::{name::GeneralName, ExtendedKeyUsage, SubjectAltName};
+use x509_cert::ext::pkix::ExtendedKeyUsage;
 use x509_cert::Certificate;
 
 /// When a certificate is due.
@@ -130,40 +131,10 @@ fn role_of(cert: &Certificate) -> Role {
     }
 }
 
-/// CN, e-mail and UPN of a certificate, to ask for the same again.
-fn subject_of(cert: &Certificate) -> Subject {
-    let tbs = cert.tbs_certificate();
-    let cn = tbs
-        .subject()
-        .to_string()
-        .split(',')
-        .find_map(|p| p.trim().strip_prefix("CN=").map(str::to_string))
-        .unwrap_or_default()
-        .replace('\\', "");
-    let upn_oid = const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.20.2.3");
-    let (mut email, mut upn) = (None, None);
-    if let Ok(Some((_, san))) = tbs.get_extension::<SubjectAltName>() {
-        for n in san.0 {
-            match n {
-                GeneralName::Rfc822Name(e) => email = email.or(Some(e.to_string())),
-                GeneralName::OtherName(o) if o.type_id == upn_oid => {
-                    // value is [0] EXPLICIT UTF8String; `value` holds the UTF8String.
-                    upn = o
-                        .value
-                        .decode_as::<der::asn1::Utf8StringRef<'_>>()
-                        .ok()
-                        .map(|s| s.to_string())
-                        .or(upn);
-                }
-                _ => {}
-            }
-        }
-    }
-    Subject {
-        common_name: cn,
-        email,
-        upn,
-    }
+/// CN, e-mail and UPN of a certificate, to ask for the same again (read by OID, never by
+/// splitting the printed name: "Doe, Jane" stays "Doe, Jane").
+pub fn subject_of(cert: &Certificate) -> Subject {
+    Subject::of_certificate(cert)
 }
 
 /// Certificates on the token issued by `ca_subjects` (the configured CA's subject names).
@@ -196,78 +167,6 @@ pub fn current(token: &mut dyn PivToken, ca_subjects: &[String]) -> Result<Vec<C
     Ok(out)
 }
 
-/// A local journal of keys generated but not yet certified, one file per token and slot.
-pub struct Journal {
-    dir: PathBuf,
-    /// Test hook: abort the process right after a new key is journaled ("generate"), as a
-    /// power cut would.
-    pub abort_after: Option<String>,
-}
-
-impl Journal {
-    pub fn new(dir: &Path) -> Journal {
-        Journal {
-            dir: dir.to_path_buf(),
-            abort_after: None,
-        }
-    }
-
-    fn path(&self, serial: u32, slot: Slot) -> PathBuf {
-        self.dir.join(format!("renew-{serial}-{slot}.der"))
-    }
-
-    /// Record a new key durably (written, fsynced, renamed into place).
-    pub fn record(
-        &self,
-        serial: u32,
-        slot: Slot,
-        key: &SubjectPublicKeyInfoOwned,
-    ) -> Result<(), Error> {
-        use std::io::Write;
-        let io = |e: std::io::Error| {
-            Error::Config(format!("renew journal in {}: {e}", self.dir.display()))
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let der = key.to_der().map_err(|e| Error::Config(e.to_string()))?;
-        let tmp = self.path(serial, slot).with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&der).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, self.path(serial, slot)).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-
-    pub fn pending(&self, serial: u32, slot: Slot) -> Option<SubjectPublicKeyInfoOwned> {
-        let der = std::fs::read(self.path(serial, slot)).ok()?;
-        SubjectPublicKeyInfoOwned::from_der(&der).ok()
-    }
-
-    pub fn clear(&self, serial: u32, slot: Slot) {
-        let _ = std::fs::remove_file(self.path(serial, slot));
-    }
-}
-
-/// Whether the slot's private key is the one behind `key`: a test signature (needs the
-/// PIN verified) checked locally.
-pub fn slot_holds_key(
-    token: &mut dyn PivToken,
-    slot: Slot,
-    key: &SubjectPublicKeyInfoOwned,
-) -> bool {
-    let Some(alg) = crate::crypto::algorithm_of(key) else {
-        return false;
-    };
-    let mut challenge = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut challenge);
-    match token.sign_raw(slot, alg, &crate::crypto::card_input(alg, &challenge)) {
-        Ok(sig) => crate::crypto::verify(key, &challenge, &sig).is_ok(),
-        Err(_) => false,
-    }
-}
-
 /// What to renew now, with `--check`'s view of every candidate.
 pub fn assess(
     certs: &[Current],
@@ -292,20 +191,89 @@ pub fn assess(
         .collect()
 }
 
-/// Saves each new key in the journal before the CSR leaves the token.
-struct JournalObserver<'a> {
+/// `renew`'s slot policy: finish a renewal whose key was generated earlier, else
+/// certify the current key again (`--reuse-key`) or a new one. New keys are journaled
+/// before the CSR leaves the token.
+struct RenewSlots<'a> {
     journal: &'a Journal,
+    entry: Entry,
     serial: u32,
+    reuse_key: bool,
+    current: &'a [Current],
 }
 
-impl Observer for JournalObserver<'_> {
+impl Observer for RenewSlots<'_> {
     fn generated(&mut self, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
-        self.journal.record(self.serial, slot, key)?;
-        if self.journal.abort_after.as_deref() == Some("generate") {
-            log::warn!("test hook: aborting after 'generate'");
-            std::process::abort();
+        self.entry.set_key(slot, key)?;
+        self.journal.save(self.serial, &self.entry)
+    }
+    fn requesting(&mut self, slot: Slot) -> Result<(), Error> {
+        self.entry
+            .requested
+            .insert(slot, rfc3339(SystemTime::now()));
+        self.journal.save(self.serial, &self.entry)
+    }
+    fn issued(&mut self, slot: Slot, cert: &Issued) -> Result<(), Error> {
+        self.entry.requested.remove(&slot);
+        self.entry.issued.insert(slot, cert.clone());
+        self.journal.save(self.serial, &self.entry)
+    }
+}
+
+impl SlotPolicy for RenewSlots<'_> {
+    fn decide(
+        &mut self,
+        token: &mut dyn PivToken,
+        ctx: &Context<'_>,
+        sp: &SlotPlan,
+    ) -> Result<SlotAction, Error> {
+        let slot = sp.slot;
+        if let Some(since) = self.entry.requested.get(&slot) {
+            return Err(Error::InDoubt {
+                slot,
+                since: since.clone(),
+                journal: self.journal.dir().join(format!("{}.json", self.serial)),
+            });
         }
-        Ok(())
+        let cur = self
+            .current
+            .iter()
+            .find(|c| c.slot == slot)
+            .ok_or_else(|| Error::Usage(format!("slot {slot}: no certificate to renew")))?;
+        // Issued before a crash for the key in the slot: import it.
+        if let Some(iss) = self.entry.issued.get(&slot).cloned() {
+            let key = crate::verify::pem_bundle_to_der(&iss.certificate_pem)
+                .ok()
+                .and_then(|d| d.into_iter().next())
+                .and_then(|d| crate::piv::yubikey::spki_of_cert(&d));
+            if let Some(key) = key {
+                if key != cur.key && slot_holds_key(token, slot, &key)? {
+                    return Ok(SlotAction::Reimport { key, issued: iss });
+                }
+            }
+        }
+        let _ = ctx;
+        // A key generated by a run that died: finish with it instead of a new one.
+        if let Some(k) = self.entry.key(slot) {
+            if k != cur.key && slot_holds_key(token, slot, &k)? {
+                log::info!("slot {slot}: finishing a renewal whose key was generated earlier");
+                return Ok(SlotAction::Certify(KeyChoice::Existing(k)));
+            }
+        }
+        Ok(SlotAction::Certify(if self.reuse_key {
+            KeyChoice::Existing(cur.key.clone())
+        } else {
+            KeyChoice::Generate
+        }))
+    }
+
+    fn certified_word(&self) -> &'static str {
+        "renewed"
+    }
+
+    fn finished(&mut self, sp: &SlotPlan, _a: &crate::verify::Accepted) -> Result<(), Error> {
+        self.entry.clear_slot(sp.slot);
+        self.journal.save(self.serial, &self.entry)
     }
 }
 
@@ -317,30 +285,15 @@ pub fn renew(
     pin: &Pin,
     reuse_key: bool,
     journal: &Journal,
-) -> Result<enroll::Outcome, Error> {
-    let info = token.info().clone();
+) -> Result<Outcome, Error> {
+    let serial = token.info().serial;
     // Vault first: a refusal here leaves every slot as it was.
-    let mut asked = std::collections::BTreeSet::new();
-    for c in todo {
-        if asked.insert(c.role.name()) {
-            ctx.issuer.preflight(c.role)?;
-        }
-    }
-    let mut report = EnrollReport {
-        schema: SCHEMA_VERSION,
-        command: "renew",
-        token_serial: info.serial,
-        firmware: info.version,
-        reader: info.reader.clone(),
-        slots: Vec::new(),
-        wrote_chuid_ccc: false,
-        ok: false,
-    };
-    let mut fatal = None;
+    ctx.preflight.check(ctx, todo.iter().map(|c| c.role))?;
+    let mut plan = Vec::new();
     for c in todo {
         let algorithm = crate::crypto::algorithm_of(&c.key)
             .ok_or_else(|| Error::Usage(format!("slot {}: unsupported key type", c.slot)))?;
-        let sp = SlotPlan {
+        plan.push(SlotPlan {
             slot: c.slot,
             algorithm,
             pin_policy: PinPolicy::Default,
@@ -348,40 +301,16 @@ pub fn renew(
             role: c.role,
             subject: c.subject.clone(),
             ttl: None,
-        };
-        // A key generated by a run that died: finish with it instead of a new one.
-        token.verify_pin(pin)?;
-        let choice = match journal.pending(info.serial, c.slot) {
-            Some(k) if k != c.key && slot_holds_key(token, c.slot, &k) => {
-                log::info!(
-                    "slot {}: finishing a renewal whose key was generated earlier",
-                    c.slot
-                );
-                KeyChoice::Existing(k)
-            }
-            _ if reuse_key => KeyChoice::Existing(c.key.clone()),
-            _ => KeyChoice::Generate,
-        };
-        let mut obs = JournalObserver {
-            journal,
-            serial: info.serial,
-        };
-        match enroll::enroll_slot(token, ctx, &sp, pin, choice, &mut obs) {
-            Ok(a) => {
-                journal.clear(info.serial, c.slot);
-                report
-                    .slots
-                    .push(enroll::slot_report(&sp, "renewed", &a, &[]));
-            }
-            Err(e) => {
-                report.slots.push(enroll::failed_report(&sp, &e));
-                fatal = Some(e);
-                break;
-            }
-        }
+        });
     }
-    report.ok = fatal.is_none();
-    Ok(enroll::Outcome { report, fatal })
+    let mut policy = RenewSlots {
+        journal,
+        entry: journal.load(serial)?,
+        serial,
+        reuse_key,
+        current: todo,
+    };
+    Ok(run_token(token, ctx, "renew", &plan, pin, &mut policy))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! The only way to the bytes is an explicit `expose()`.
 
 use std::fmt;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 macro_rules! secret_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -36,11 +36,23 @@ macro_rules! secret_type {
             }
         }
 
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                // The intermediate String is moved into the zeroizing buffer by `From`.
+                Ok(Self::from(String::deserialize(d)?))
+            }
+        }
+
         impl From<String> for $name {
-            fn from(mut s: String) -> Self {
-                let v = Self::new(s.as_str());
-                s.zeroize();
-                v
+            fn from(s: String) -> Self {
+                // Moves the buffer (no copy left behind); zeroized on drop.
+                Self(Zeroizing::new(s))
             }
         }
     };
@@ -78,5 +90,13 @@ mod tests {
         let t = VaultToken::new("hvs.secret");
         assert!(!format!("{t:?}").contains("hvs"));
         assert_eq!(t.expose(), "hvs.secret");
+    }
+
+    #[test]
+    fn serde_round_trip_keeps_debug_redacted() {
+        let p: Puk = serde_json::from_str("\"73915824\"").expect("puk");
+        assert_eq!(p.expose(), "73915824");
+        assert_eq!(format!("{p:?}"), "Puk([redacted])");
+        assert_eq!(serde_json::to_string(&p).expect("json"), "\"73915824\"");
     }
 }

@@ -1,5 +1,6 @@
-//! `pivault renew` (only the PIN: the management key comes from the escrow record) and
-//! `pivault unblock` (the escrowed PUK), on the rig.
+//! `pivault renew` (the PIN, and the management key from the token's PIN-protected store
+//! or given by the caller; never from the escrow record) and `pivault unblock` (the
+//! escrowed PUK), on the rig.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const PIN: &str = "123456";
+const FACTORY_MGM: &str = "010203040506070801020304050607080102030405060708";
 
 /// Escrow the card's current (factory) credentials the way a station would have.
 fn escrow_factory(vault: &Vault, card: &Card, dir: &std::path::Path) {
@@ -38,9 +40,14 @@ fn escrow_factory(vault: &Vault, card: &Card, dir: &std::path::Path) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// pivault with the PIN and, for `renew`, the management key given (these tokens keep
+/// no PIN-protected one).
 fn cmd(vault: &Vault, card: &Card, args: &[&str], state: &std::path::Path) -> Command {
     let mut env = vault.pivault_env();
     env.push(("PIVAULT_PIN".into(), PIN.into()));
+    if args.contains(&"renew") {
+        env.push(("PIVAULT_MGMT_KEY".into(), FACTORY_MGM.into()));
+    }
     let mut c = pivault(&env);
     c.args(args);
     c.args([
@@ -56,6 +63,10 @@ fn cmd(vault: &Vault, card: &Card, args: &[&str], state: &std::path::Path) -> Co
 }
 
 fn enroll(vault: &Vault, card: &Card, ttl: &str) {
+    enroll_as(vault, card, ttl, "Renew Me");
+}
+
+fn enroll_as(vault: &Vault, card: &Card, ttl: &str, cn: &str) {
     let mut env = vault.pivault_env();
     env.push(("PIVAULT_PIN".into(), PIN.into()));
     let c = run::enroll_cmd(
@@ -65,7 +76,7 @@ fn enroll(vault: &Vault, card: &Card, ttl: &str) {
             "--slot",
             "9a",
             "--cn",
-            "Renew Me",
+            cn,
             "--upn",
             "renew.me@corp.example.org",
             "--ttl",
@@ -73,6 +84,178 @@ fn enroll(vault: &Vault, card: &Card, ttl: &str) {
         ],
     );
     run::ok(c);
+}
+
+fn kv_put(vault: &Vault, serial: u32, rec: &Value, dir: &std::path::Path) {
+    let f = dir.join("put.json");
+    std::fs::write(&f, rec.to_string()).expect("write");
+    let o = vault.bao(&[
+        "kv",
+        "put",
+        &format!("yubikeys/{serial}"),
+        &format!("@{}", f.display()),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+fn kv_get(vault: &Vault, serial: u32) -> Value {
+    let o = vault.bao(&["kv", "get", "-format=json", &format!("yubikeys/{serial}")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    v["data"]["data"].clone()
+}
+
+fn block_pin(card: &Card) {
+    for _ in 0..3 {
+        let mut c = run::tool("yubico-piv-tool");
+        c.args(["-r", &card.reader, "-a", "verify-pin", "-P", "000000"]);
+        run::run(c);
+    }
+    assert_eq!(
+        run::status_json(card)["pin_tries_left"],
+        0,
+        "PIN not blocked"
+    );
+}
+
+/// The token accepts `puk` (a change to itself succeeds only with the right PUK).
+fn puk_works(card: &Card, puk: &str) -> bool {
+    let mut c = run::tool("yubico-piv-tool");
+    c.args(["-r", &card.reader, "-a", "change-puk", "-P", puk, "-N", puk]);
+    run::run(c).status.success()
+}
+
+fn unblock_cmd(vault: &Vault, card: &Card, new_pin: &str) -> Command {
+    let mut env = vault.pivault_env();
+    env.push(("PIVAULT_NEW_PIN".into(), new_pin.into()));
+    let mut c = pivault(&env);
+    c.args([
+        "--json",
+        "unblock",
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
+    c
+}
+
+/// Defect 1: an unblock killed between the PUK change on the token and the promotion of
+/// the new PUK in the record leaves `pending`; the rerun must use the PUK the token holds.
+/// The state is built by hand (PUK changed on the card, record with `pending`), exactly
+/// what the kill leaves, so the test does not depend on where a crash hook sits.
+#[test]
+fn unblock_rerun_after_a_kill_between_puk_change_and_promotion_finishes() {
+    let vault = Vault::start();
+    let card = Card::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let new_puk = "73915824";
+    let mut c = run::tool("yubico-piv-tool");
+    c.args([
+        "-r",
+        &card.reader,
+        "-a",
+        "change-puk",
+        "-P",
+        "12345678",
+        "-N",
+        new_puk,
+    ]);
+    run::ok(c);
+    let mut rec = serde_json::json!({
+        "schema": 1,
+        "serial": card.serial,
+        "live": {"puk": "12345678", "mgmt_key": FACTORY_MGM,
+                 "mgmt_key_algorithm": "3des", "mgmt_key_protected": false},
+        "pending": {"puk": new_puk, "mgmt_key": FACTORY_MGM,
+                    "mgmt_key_algorithm": "3des", "mgmt_key_protected": false},
+        "updated_at": "2026-01-01T00:00:00Z", "updated_by": "pivault unblock (killed)"
+    });
+    kv_put(&vault, card.serial, &rec, dir.path());
+    block_pin(&card);
+
+    let o = run::run(unblock_cmd(&vault, &card, "48291573"));
+    assert!(o.status.success(), "{}", text(&o));
+    let mut c = run::tool("yubico-piv-tool");
+    c.args(["-r", &card.reader, "-a", "verify-pin", "-P", "48291573"]);
+    run::ok(c);
+    rec = kv_get(&vault, card.serial);
+    assert!(rec.get("pending").is_none(), "{rec}");
+    let puk = rec["live"]["puk"].as_str().expect("puk").to_string();
+    assert_ne!(puk, new_puk, "PUK not rotated after the unblock");
+    assert!(
+        puk_works(&card, &puk),
+        "the escrowed PUK is not the token's"
+    );
+}
+
+/// Defect 9: the subject is read from the RDNs by OID, so a comma in the common name
+/// survives a renewal.
+#[test]
+fn renewal_keeps_a_comma_in_the_common_name() {
+    let vault = Vault::start();
+    let card = Card::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    enroll_as(&vault, &card, "1h", "Doe, Jane");
+    let o = run::ok(cmd(
+        &vault,
+        &card,
+        &["--json", "renew", "--threshold", "2h"],
+        &state,
+    ));
+    assert_eq!(json(&o)["slots"][0]["result"], "renewed", "{}", text(&o));
+    let pem = run::piv_tool_read_cert(&card.reader, "9a");
+    let mut c = run::tool("openssl");
+    let f = dir.path().join("renewed.pem");
+    std::fs::write(&f, &pem).expect("write");
+    c.args([
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "multiline,utf8",
+        "-in",
+    ])
+    .arg(&f);
+    let subject = String::from_utf8_lossy(&run::ok(c).stdout).into_owned();
+    assert!(
+        subject.contains("commonName") && subject.contains("= Doe, Jane"),
+        "{subject}"
+    );
+}
+
+/// Defect 7: renewal never reads the escrow record. A token that keeps no PIN-protected
+/// management key, with none given, is refused (exit 2, nothing changed) even though the
+/// record in Vault holds the key and the AppRole could read it.
+#[test]
+fn renewal_never_falls_back_to_the_escrow_record() {
+    let vault = Vault::start();
+    let card = Card::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    enroll(&vault, &card, "1h");
+    escrow_factory(&vault, &card, dir.path());
+    let before = run::piv_tool_read_cert(&card.reader, "9a");
+    let mut env = vault.pivault_env();
+    env.push(("PIVAULT_PIN".into(), PIN.into()));
+    let mut c = pivault(&env);
+    c.args([
+        "renew",
+        "--threshold",
+        "2h",
+        "--serial",
+        &card.serial.to_string(),
+    ]);
+    c.args(["--reader", &card.reader]);
+    c.arg("--state-dir").arg(dir.path().join("state"));
+    let o = run::run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PIN-protected management key"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(run::piv_tool_read_cert(&card.reader, "9a"), before);
 }
 
 fn json(o: &Output) -> Value {

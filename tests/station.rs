@@ -383,3 +383,65 @@ fn aes256_on_firmware_5_4_and_renewal_with_only_the_pin() {
     );
     assert_ne!(run::piv_tool_read_cert(&card.reader, "9a"), before);
 }
+
+/// `pivault renew` with only the PIN (the station keeps the management key PIN-protected).
+fn renew_with_pin(vault: &Vault, s: &Setup, card: &Card, slot: &str) -> Output {
+    let rec = escrow(vault, card.serial);
+    let pin = rec["live"]["pin"].as_str().expect("pin").to_string();
+    let mut env = vault.pivault_env();
+    env.push(("PIVAULT_PIN".into(), pin));
+    let mut c = pivault(&env);
+    c.args(["--json", "renew", "--threshold", "400d", "--slot", slot]);
+    c.args([
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
+    c.arg("--state-dir").arg(&s.journal);
+    run::ok(c)
+}
+
+/// Defect 3: a slot whose certificate chains to the configured CA and fits the plan is
+/// never regenerated: after `pivault renew`, the station leaves the token alone (no new
+/// key, no new certificate) and records the renewed certificate.
+#[test]
+fn a_renewed_token_is_not_rekeyed_by_the_station() {
+    let vault = Vault::start();
+    let card = Card::start();
+    let s = setup(&[card.serial]);
+    let o = station(
+        &vault,
+        &s,
+        &[&card],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = renew_with_pin(&vault, &s, &card, "9a");
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["slots"][0]["result"], "renewed", "{}", text(&o));
+    let renewed = run::piv_tool_read_cert(&card.reader, "9a");
+    let key_mgmt = run::piv_tool_read_cert(&card.reader, "9d");
+    let issued = vault.issued_cert_count();
+
+    let o = station(
+        &vault,
+        &s,
+        &[&card],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        vault.issued_cert_count(),
+        issued,
+        "the station issued again"
+    );
+    assert_eq!(run::piv_tool_read_cert(&card.reader, "9a"), renewed);
+    assert_eq!(run::piv_tool_read_cert(&card.reader, "9d"), key_mgmt);
+    let lines = report_lines(&s.report);
+    assert_eq!(lines.last().expect("line")["result"], "already-enrolled");
+    // The record now names the renewed certificate.
+    assert_enrolled(&vault, &card);
+}

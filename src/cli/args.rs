@@ -2,6 +2,8 @@
 //! standard input), environment variables, or a prompt.
 
 use clap::{Args, Parser, Subcommand};
+use pivault::piv::{MgmAlgorithm, Slot};
+use pivault::renew::Threshold;
 use std::path::PathBuf;
 
 const EXIT_CODES: &str = "\
@@ -16,6 +18,11 @@ Exit codes:
 Secrets are read from environment variables, from files readable only by their owner,
 or from a prompt; never from the command line:
   PIVAULT_PIN[_FILE]  PIVAULT_NEW_PIN[_FILE]  PIVAULT_MGMT_KEY[_FILE]  PIVAULT_SECRET_ID[_FILE]";
+
+/// A typed value from its text (the library's `FromStr`), for clap.
+fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
+    s.parse()
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "pivault", version, about = "Enroll YubiKey PIV tokens against Vault / OpenBao PKI", after_help = EXIT_CODES)]
@@ -78,6 +85,9 @@ pub struct StationArgs {
     /// Watch only this reader (exact PC/SC name; repeatable); all readers when absent
     #[arg(long = "reader", value_name = "NAME")]
     pub readers: Vec<String>,
+    /// Re-key slots whose certificate already fits the profile (they are kept otherwise)
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -95,11 +105,11 @@ pub struct RenewArgs {
     #[arg(long)]
     pub reuse_key: bool,
     /// When a certificate is due: lifetime fraction elapsed (2/3, 0.75, 75%) or time left (30d)
-    #[arg(long, default_value = "2/3")]
-    pub threshold: String,
+    #[arg(long, default_value = "2/3", value_parser = parse::<Threshold>)]
+    pub threshold: Threshold,
     /// Only these slots (default: every slot holding a certificate from the configured CA)
-    #[arg(long = "slot")]
-    pub slots: Vec<String>,
+    #[arg(long = "slot", value_parser = parse::<Slot>)]
+    pub slots: Vec<Slot>,
     /// Where unfinished renewals are journaled [default: $STATE_DIRECTORY, $XDG_STATE_HOME/pivault or ~/.local/state/pivault]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -169,8 +179,8 @@ pub struct UnlockArgs {
     #[arg(long, value_name = "FILE")]
     pub mgmt_key_file: Option<PathBuf>,
     /// Management key algorithm when the token cannot tell (3des, aes128, aes192, aes256)
-    #[arg(long, value_name = "ALG")]
-    pub mgmt_key_algorithm: Option<String>,
+    #[arg(long, value_name = "ALG", value_parser = parse::<MgmAlgorithm>)]
+    pub mgmt_key_algorithm: Option<MgmAlgorithm>,
     /// Use the factory-default management key (a token still on it is unprotected)
     #[arg(long)]
     pub default_mgmt_key: bool,

@@ -176,7 +176,7 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         }
         specs = ask_plan(&mut defaults)?;
     }
-    let mgm_alg = super::mgm_algorithm(&a.unlock)?;
+    let mgm_alg = a.unlock.mgmt_key_algorithm;
     // Parse everything in the specs once with a stand-in serial so that a typo is refused
     // before the token is opened.
     vars.entry("serial".into()).or_insert_with(|| "0".into());
@@ -259,9 +259,11 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         ))
     };
 
+    let preflight = pivault::workflow::Preflight::default();
     let ctx = Context {
         issuer: &issuer,
         anchors_der: issuer.anchors_der()?,
+        preflight: &preflight,
     };
     let mut progress = Progress {
         on: super::progress_on_terminal() && !cli.json,

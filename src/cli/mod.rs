@@ -137,13 +137,17 @@ pub fn read_pin(u: &args::UnlockArgs) -> Result<pivault::secret::Pin, Error> {
     Ok(pivault::secret::Pin::new(pin.as_str()))
 }
 
-/// `--mgmt-key-algorithm`, parsed.
-pub fn mgm_algorithm(u: &args::UnlockArgs) -> Result<Option<pivault::piv::MgmAlgorithm>, Error> {
-    u.mgmt_key_algorithm
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(Error::Usage)
+/// Configuration file < environment < flags, then the AppRole login.
+pub fn connect(cli: &Cli, v: &args::VaultArgs) -> Result<pivault::issuer::VaultIssuer, Error> {
+    let file = load_config(cli)?;
+    login(&vault_settings(&file, v)?)
+}
+
+/// This machine's name, for the escrow record's `updated_by`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 pub fn selector(t: &TokenArgs) -> Selector {

@@ -1,24 +1,20 @@
 //! `pivault renew` and `pivault unblock`.
 
-use super::args::{Cli, RenewArgs, UnblockArgs, VaultArgs};
+use super::args::{Cli, RenewArgs, UnblockArgs};
+use super::connect;
 use super::secrets::{self, Source};
 use pivault::enroll::{self, Context, MgmKeySource};
 use pivault::error::exit;
-use pivault::escrow;
-use pivault::issuer::VaultIssuer;
+use pivault::escrow::{self, Escrow};
+use pivault::journal::Journal;
 use pivault::piv::yubikey::YubiKeyToken;
-use pivault::piv::{PivToken, Slot, TokenError};
-use pivault::renew::{self, Journal, Threshold};
-use pivault::secret::{MgmKeyHex, Pin, Puk};
+use pivault::piv::PivToken;
+use pivault::renew;
+use pivault::secret::{MgmKeyHex, Pin};
+use pivault::workflow::Preflight;
 use pivault::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Configuration file < environment < flags, then the AppRole login.
-pub fn connect(cli: &Cli, v: &VaultArgs) -> Result<VaultIssuer, Error> {
-    let file = super::load_config(cli)?;
-    super::login(&super::vault_settings(&file, v)?)
-}
 
 fn state_dir(a: &RenewArgs) -> PathBuf {
     if let Some(d) = &a.state_dir {
@@ -45,13 +41,8 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
 }
 
 pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
-    let threshold: Threshold = a.threshold.parse().map_err(Error::Usage)?;
-    let only: Vec<Slot> = a
-        .slots
-        .iter()
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()
-        .map_err(Error::Usage)?;
+    let threshold = a.threshold;
+    let only = &a.slots;
     let issuer = connect(cli, &a.vault)?;
     let mut ca_subjects = Vec::new();
     for pem in issuer.client().ca_chain()? {
@@ -65,15 +56,15 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     }
     let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
     let serial = token.info().serial;
-    let mut journal = Journal::new(&state_dir(a));
-    journal.abort_after = std::env::var("PIVAULT_TEST_ABORT_AFTER").ok();
+    let journal = Journal::new(&state_dir(a));
+    let unfinished = journal.load(serial)?;
     let certs: Vec<_> = renew::current(&mut token, &ca_subjects)?
         .into_iter()
         .filter(|c| only.is_empty() || only.contains(&c.slot))
         .collect();
     let assessed = renew::assess(
         &certs,
-        &|slot| journal.pending(serial, slot).is_some(),
+        &|slot| unfinished.keys.contains_key(&slot) || unfinished.issued.contains_key(&slot),
         threshold,
         std::time::SystemTime::now(),
     );
@@ -131,40 +122,32 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     }
 
     let pin = super::read_pin(&a.unlock)?;
-    let mgm_alg = super::mgm_algorithm(&a.unlock)?;
-    let client = issuer.client().clone();
+    let mgm_alg = a.unlock.mgmt_key_algorithm;
     let mgm_file = a.unlock.mgmt_key_file.clone();
+    // Renewal reads no escrow record: the management key is the token's PIN-protected
+    // one (the station sets that up), or one the caller gives. A renewal machine's
+    // AppRole needs only `pki/sign/*` (README: sign-only policy).
     let mut ask_mgm = || -> Result<MgmKeySource, Error> {
-        if let Some(k) = secrets::read(&Source {
+        match secrets::read(&Source {
             what: "management key (hex)",
             env: "PIVAULT_MGMT_KEY",
             file: mgm_file.clone(),
         })? {
-            return Ok(MgmKeySource::Given(MgmKeyHex::new(k.as_str()), None));
+            Some(k) => Ok(MgmKeySource::Given(MgmKeyHex::new(k.as_str()), None)),
+            None => Err(Error::Usage(format!(
+                "token {serial} keeps no PIN-protected management key: give it with \
+                 PIVAULT_MGMT_KEY(_FILE), or have a helpdesk renew it"
+            ))),
         }
-        // The end user knows only the PIN: the escrow record holds the management key.
-        let rec = escrow::read(&client, serial)?.ok_or_else(|| {
-            Error::Config(format!(
-                "token {serial} keeps no PIN-protected management key and has no escrow record \
-                 in Vault; a helpdesk must renew it"
-            ))
-        })?;
-        let key = rec.record.live.mgmt_key.clone().ok_or_else(|| {
-            Error::Config(format!(
-                "the escrow record of token {serial} holds no management key"
-            ))
-        })?;
-        Ok(MgmKeySource::Given(
-            MgmKeyHex::new(key),
-            rec.record.live.mgm_algorithm(),
-        ))
     };
     // Vault is asked (policy, role) inside renew::renew before any key is generated;
     // unlocking first only reads the PIN counter and authenticates.
     enroll::unlock(&mut token, &pin, mgm_alg, &mut ask_mgm)?;
+    let preflight = Preflight::default();
     let ctx = Context {
         issuer: &issuer,
         anchors_der: issuer.anchors_der()?,
+        preflight: &preflight,
     };
     let outcome = renew::renew(&mut token, &ctx, &todo, &pin, a.reuse_key, &journal)?;
     if cli.json {
@@ -209,47 +192,27 @@ fn new_pin(a: &UnblockArgs) -> Result<Pin, Error> {
 pub fn unblock(cli: &Cli, a: &UnblockArgs) -> Result<ExitCode, Error> {
     let new = new_pin(a)?;
     let issuer = connect(cli, &a.vault)?;
-    let client = issuer.client();
+    let esc = Escrow {
+        client: issuer.client(),
+        by: format!("pivault unblock on {}", super::host_name()),
+    };
     let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
-    let serial = token.info().serial;
-    let mut rec = escrow::read(client, serial)?
-        .ok_or_else(|| Error::Config(format!("no escrow record for token {serial} in Vault KV")))?;
-    let puk = Puk::new(rec.record.live.puk.clone().ok_or_else(|| {
-        Error::Config(format!("the escrow record of token {serial} holds no PUK"))
-    })?);
-
-    // 1. New PIN with the escrowed PUK.
-    token.unblock_pin(&puk, &new).map_err(|e| match e {
-        TokenError::PukBlocked => Error::Token(TokenError::PukBlocked),
-        e => e.into(),
-    })?;
-    // 2. Rotate the PUK: escrow the new one as pending first, then apply, then promote.
-    let next = escrow::random_digits(8);
-    let mut pending = rec.record.live.clone();
-    pending.puk = Some(next.clone());
-    pending.pin = None;
-    rec.record.pending = Some(pending);
-    let v = escrow::write(client, &mut rec.record, rec.version, "pivault unblock")?;
-    token.change_puk(&puk, &Puk::new(next.as_str()))?;
-    rec.record.live.puk = Some(next);
-    rec.record.live.pin = None; // the user chose it; it is not escrowed
-    rec.record.pending = None;
-    let v = escrow::write(client, &mut rec.record, v, "pivault unblock")?;
-    token.verify_pin(&new)?;
-
-    let out = serde_json::json!({
-        "schema": pivault::report::SCHEMA_VERSION,
-        "command": "unblock",
-        "token_serial": serial,
-        "pin_tries_left": token.pin_retries()?,
-        "puk_rotated": true,
-        "escrow_version": v,
-        "ok": true,
-    });
+    let out = pivault::credentials::unblock(&mut token, &esc, &new, 8)?;
     if cli.json {
-        print_json(&out)?;
+        print_json(&serde_json::json!({
+            "schema": pivault::report::SCHEMA_VERSION,
+            "command": "unblock",
+            "token_serial": out.token_serial,
+            "pin_tries_left": out.pin_tries_left,
+            "puk_rotated": out.puk_rotated,
+            "escrow_version": out.escrow_version,
+            "ok": true,
+        }))?;
     } else {
-        println!("token {serial}: PIN set, PUK rotated and escrowed (record version {v})");
+        println!(
+            "token {}: PIN set, PUK rotated and escrowed (record version {})",
+            out.token_serial, out.escrow_version
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,8 @@
 
 use super::args::{Cli, StationArgs};
 use pivault::error::exit;
+use pivault::escrow::Escrow;
+use pivault::journal::Journal;
 use pivault::station::{self, RunOptions, Station, StationProfile};
 use pivault::Error;
 use std::io::IsTerminal;
@@ -9,12 +11,6 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "station".into())
-}
 
 pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
     let (profile, allow) = StationProfile::load(&a.profile)?;
@@ -25,7 +21,14 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
     });
     std::fs::create_dir_all(&journal_dir)
         .map_err(|e| Error::Config(format!("journal directory {}: {e}", journal_dir.display())))?;
-    let issuer = super::renew::connect(cli, &a.vault)?;
+    let issuer = super::connect(cli, &a.vault)?;
+    let mut ca_chain_der = Vec::new();
+    for pem in issuer.client().ca_chain()? {
+        ca_chain_der.extend(
+            pivault::verify::pem_bundle_to_der(&pem)
+                .map_err(|e| Error::Config(format!("Vault's CA chain: {e}")))?,
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -33,13 +36,17 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
     }
     let st = Station {
         issuer: &issuer,
+        escrow: Escrow {
+            client: issuer.client(),
+            by: format!("pivault station on {}", super::host_name()),
+        },
         profile,
         allow,
-        journal_dir,
+        journal: Journal::new(&journal_dir),
         anchors_der: issuer.anchors_der()?,
-        by: format!("pivault station on {}", host_name()),
-        abort_after: std::env::var("PIVAULT_TEST_ABORT_AFTER").ok(),
-        preflighted: Default::default(),
+        ca_chain_der,
+        force: a.force,
+        preflight: Default::default(),
     };
     let live = std::io::stderr().is_terminal();
     let on_event = move |what: &str| {

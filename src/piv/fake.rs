@@ -69,6 +69,9 @@ impl PivToken for FakeToken {
             })
         }
     }
+    fn credential_defaults(&mut self) -> Result<CredentialDefaults, TokenError> {
+        Ok(CredentialDefaults::default())
+    }
     fn mgm_key_state(&mut self) -> Result<MgmKeyState, TokenError> {
         Ok(MgmKeyState {
             algorithm: Some(MgmAlgorithm::TripleDes),

@@ -31,6 +31,8 @@ pub enum TokenError {
     PinBlocked,
     #[error("only one PIN attempt is left: pivault will not risk blocking the token")]
     PinLastTry,
+    #[error("only one PUK attempt is left: pivault will not risk blocking the PUK")]
+    PukLastTry,
     #[error("wrong PUK: {tries_left} tries left before the PUK is blocked")]
     WrongPuk { tries_left: u8 },
     #[error("the PUK is blocked")]
@@ -66,6 +68,14 @@ pub struct MgmKeyState {
     pub default: Option<bool>,
 }
 
+/// Whether PIN and PUK are still the factory values (GET METADATA "default" flag, firmware
+/// >= 5.3); `None` when the token cannot tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialDefaults {
+    pub pin: Option<bool>,
+    pub puk: Option<bool>,
+}
+
 /// What GET METADATA says about a key slot (firmware >= 5.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotKey {
@@ -90,6 +100,8 @@ pub trait PivToken {
     /// PUK tries left when the firmware can tell without an attempt (GET METADATA).
     fn puk_retries(&mut self) -> Result<Option<u8>, TokenError>;
     fn verify_pin(&mut self, pin: &Pin) -> Result<(), TokenError>;
+    /// Whether PIN and PUK are the factory values, read without an attempt.
+    fn credential_defaults(&mut self) -> Result<CredentialDefaults, TokenError>;
 
     fn mgm_key_state(&mut self) -> Result<MgmKeyState, TokenError>;
     /// The PIN-protected management key, if the token keeps one (PIN must be verified).

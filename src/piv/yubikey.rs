@@ -2,8 +2,8 @@
 //! `yubikey` or `pcsc`.
 
 use super::{
-    Algorithm, FirmwareVersion, MgmAlgorithm, MgmKeyState, PinPolicy, PivToken, Slot, SlotKey,
-    TokenError, TokenInfo, TouchPolicy,
+    Algorithm, CredentialDefaults, FirmwareVersion, MgmAlgorithm, MgmKeyState, PinPolicy, PivToken,
+    Slot, SlotKey, TokenError, TokenInfo, TouchPolicy,
 };
 use crate::secret::{MgmKeyHex, Pin, Puk};
 use der::{Decode, Encode};
@@ -416,6 +416,28 @@ impl PivToken for YubiKeyToken {
         self.yk
             .verify_pin(pin.expose().as_bytes())
             .map_err(|e| self.fail("verify PIN", e))
+    }
+
+    fn credential_defaults(&mut self) -> Result<CredentialDefaults, TokenError> {
+        if !self.info.version.has_metadata() {
+            return Ok(CredentialDefaults::default());
+        }
+        let flag = |yk: &mut YubiKey, id| match piv::metadata(yk, SlotId::Management(id)) {
+            Ok(m) => Ok(m.default),
+            // Firmware that promises metadata but gives none: "cannot tell".
+            Err(
+                yubikey::Error::NotSupported
+                | yubikey::Error::ParseError
+                | yubikey::Error::GenericError
+                | yubikey::Error::SizeError,
+            ) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let pin = flag(&mut self.yk, ManagementSlotId::Pin)
+            .map_err(|e| self.fail("read PIN metadata", e))?;
+        let puk = flag(&mut self.yk, ManagementSlotId::Puk)
+            .map_err(|e| self.fail("read PUK metadata", e))?;
+        Ok(CredentialDefaults { pin, puk })
     }
 
     fn mgm_key_state(&mut self) -> Result<MgmKeyState, TokenError> {
