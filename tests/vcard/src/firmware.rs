@@ -23,13 +23,6 @@ pub struct DeviceIdentity {
 /// Form factor code of a USB-A keychain YubiKey (YubiKey 5 NFC, 5A, 4).
 pub const FORM_FACTOR_USB_A_KEYCHAIN: u8 = 0x01;
 
-/// Profiles the card is tested on; other versions are accepted (features follow the
-/// same thresholds) but these are the ones that match a token Yubico shipped.
-pub const KNOWN_VERSIONS: &[[u8; 3]] = &[[4, 3, 7], [5, 2, 7], [5, 4, 3], [5, 7, 2], [5, 7, 4]];
-
-/// The default profile: a YubiKey 5 bought today.
-pub const DEFAULT_VERSION: [u8; 3] = [5, 7, 4];
-
 /// A firmware version and what it supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Firmware {
