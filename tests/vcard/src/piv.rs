@@ -240,10 +240,11 @@ pub fn object_key(tag: u32) -> String {
     format!("{tag:02x}")
 }
 
-/// Objects a YubiKey stores: the PIV containers 5FC101–5FC123, the biometric group
-/// template 7F61 and Yubico's 5FFF00–5FFF15 (admin data, attestation, MSCMAP, …).
+/// Objects a YubiKey stores: any three-byte 5Fxxxx tag (the PIV containers 5FC101–5FC123,
+/// Yubico's 5FFF00–5FFF15 for admin data, attestation, MSCMAP, … and free ones such as
+/// 5F0001, which ykman's suite writes) and the biometric group template 7F61.
 fn valid_object(tag: u32) -> bool {
-    matches!(tag, 0x5F_C101..=0x5F_C123 | 0x5F_FF00..=0x5F_FF15 | 0x7F61)
+    matches!(tag, 0x5F_0000..=0x5F_FFFF | 0x7F61)
 }
 
 /// The tag inside 5C, as a number.

@@ -129,7 +129,8 @@ impl Piv {
         if self.state.pin_tries_left == 0 {
             return Response::status(sw::AUTH_BLOCKED);
         }
-        if !valid_reference(&apdu.data) {
+        // Any 8-byte value is a try (ykman blocks the PIN with VERIFY of 8 × FF).
+        if apdu.data.len() != 8 {
             return Response::status(sw::WRONG_DATA);
         }
         self.spend(Op::Verify);
@@ -198,12 +199,12 @@ impl Piv {
             return Response::status(sw::WRONG_DATA);
         }
         let (puk, new_pin) = apdu.data.split_at(8);
-        if !valid_reference(new_pin) {
-            return Response::status(sw::WRONG_DATA);
-        }
         self.spend(Op::Verify);
         if puk != self.puk().as_slice() {
             return self.wrong_puk();
+        }
+        if !valid_reference(new_pin) {
+            return Response::status(sw::WRONG_DATA);
         }
         self.state.puk_tries_left = self.state.puk_tries_total;
         self.state.pin = hex::encode(new_pin);
@@ -422,8 +423,8 @@ mod tests {
         assert_eq!(piv.command(&apdu(0x20, 0, 0x80, &[])).sw, 0x9000);
         assert_eq!(piv.command(&apdu(0x20, 0xFF, 0x80, &[])).sw, 0x9000);
         assert_eq!(piv.command(&apdu(0x20, 0, 0x80, &[])).sw, 0x63C3);
-        // Short PINs are refused without spending a try.
-        assert_eq!(piv.command(&apdu(0x20, 0, 0x80, &pin(b"123"))).sw, 0x6A80);
+        // A value of the wrong length is refused without spending a try.
+        assert_eq!(piv.command(&apdu(0x20, 0, 0x80, b"123")).sw, 0x6A80);
         assert_eq!(piv.command(&apdu(0x20, 0, 0x96, &[])).sw, 0x6A88);
     }
 
