@@ -73,7 +73,7 @@ pub struct CardOptions {
 /// A virtual YubiKey in a virtual reader.
 pub struct Card {
     pub serial: u32,
-    /// PC/SC reader name, e.g. "Virtual PCD 00 01".
+    /// PC/SC reader name, e.g. "Yubico YubiKey CCID vpcd 35963 00 01" (setup-readers.sh).
     pub reader: String,
     /// vpcd TCP port of that reader.
     pub port: u16,
