@@ -27,8 +27,8 @@ pub struct SlotPlan {
     pub touch_policy: TouchPolicy,
     pub role: Role,
     pub subject: Subject,
-    /// Requested lifetime (Vault duration syntax); the role's default when `None`.
-    pub ttl: Option<String>,
+    /// Requested lifetime; the role's default when `None`.
+    pub ttl: Option<Ttl>,
 }
 
 /// A whole run on one token.
@@ -51,13 +51,6 @@ impl Plan {
                 return Err(Error::Usage(format!("slot {} is listed twice", sp.slot)));
             }
             sp.subject.validate()?;
-            if let Some(ttl) = &sp.ttl {
-                if !valid_duration(ttl) {
-                    return Err(Error::Usage(format!(
-                        "ttl '{ttl}' is not a duration such as 90d, 8760h or 30m"
-                    )));
-                }
-            }
         }
         Ok(())
     }
@@ -76,6 +69,38 @@ impl Plan {
             }
         }
         Ok(())
+    }
+}
+
+/// A certificate lifetime in Vault's duration syntax (`90d`, `8760h`, `30m`, `3600`),
+/// checked where it is read (flag, profile) and carried typed from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ttl(String);
+
+impl Ttl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Ttl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Ttl, String> {
+        if valid_duration(s) {
+            Ok(Ttl(s.trim().to_string()))
+        } else {
+            Err(format!(
+                "ttl '{s}' is not a duration such as 90d, 8760h or 30m"
+            ))
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ttl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -336,9 +361,14 @@ pub fn enroll_slot(
     let csr = csr::build_and_sign(token, sp.slot, &key, &sp.subject)?;
     step(token, obs, sp.slot, Step::Requesting(sp.role));
     obs.requesting(sp.slot)?;
-    let issued = ctx
-        .issuer
-        .issue(sp.role, &csr.pem, &sp.subject, sp.ttl.as_deref())?;
+    let issued = ctx.issuer.issue(
+        sp.role,
+        &csr.pem,
+        &sp.subject,
+        sp.ttl.as_ref().map(Ttl::as_str),
+    )?;
+    // Vault has issued; a crash here is an answer lost before it was recorded.
+    checkpoint("sign-sent");
     obs.issued(sp.slot, &issued)?;
     checkpoint("sign");
     step(token, obs, sp.slot, Step::Importing);

@@ -2,27 +2,27 @@
 //! a TOML file or from `--slot` flags; subjects may use templates such as `{serial}`.
 
 use crate::csr::Subject;
-use crate::enroll::SlotPlan;
+use crate::enroll::{SlotPlan, Ttl};
 use crate::error::Error;
 use crate::piv::{Algorithm, PinPolicy, Role, Slot, TouchPolicy};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// One slot as written in a profile, before templates are filled in.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SlotSpec {
-    pub slot: String,
+    pub slot: Slot,
     #[serde(default)]
-    pub algorithm: Option<String>,
+    pub algorithm: Option<Algorithm>,
     #[serde(default)]
-    pub role: Option<String>,
+    pub role: Option<Role>,
     #[serde(default)]
-    pub pin_policy: Option<String>,
+    pub pin_policy: Option<PinPolicy>,
     #[serde(default)]
-    pub touch_policy: Option<String>,
+    pub touch_policy: Option<TouchPolicy>,
     #[serde(default)]
-    pub ttl: Option<String>,
+    pub ttl: Option<Ttl>,
     #[serde(default)]
     pub common_name: Option<String>,
     #[serde(default)]
@@ -42,9 +42,9 @@ pub struct Profile {
     #[serde(default)]
     pub upn: Option<String>,
     #[serde(default)]
-    pub algorithm: Option<String>,
+    pub algorithm: Option<Algorithm>,
     #[serde(default)]
-    pub ttl: Option<String>,
+    pub ttl: Option<Ttl>,
     #[serde(default, rename = "slot")]
     pub slots: Vec<SlotSpec>,
 }
@@ -55,27 +55,42 @@ impl Profile {
     }
 }
 
-/// Parse `--slot` values: `9a` or `9a:algorithm=rsa2048,role=auth,pin-policy=once`.
+impl SlotSpec {
+    /// A slot with every setting left to the defaults.
+    pub fn new(slot: Slot) -> SlotSpec {
+        SlotSpec {
+            slot,
+            algorithm: None,
+            role: None,
+            pin_policy: None,
+            touch_policy: None,
+            ttl: None,
+            common_name: None,
+            email: None,
+            upn: None,
+        }
+    }
+}
+
+/// Parse `--slot` values: `9a` or `9a:algorithm=rsa2048,role=auth,pin-policy=once` (a
+/// clap value parser: every value is typed here, at the edge).
 pub fn parse_slot_flag(s: &str) -> Result<SlotSpec, Error> {
     let (slot, rest) = s.split_once(':').unwrap_or((s, ""));
-    let mut spec = SlotSpec {
-        slot: slot.to_string(),
-        ..Default::default()
-    };
+    let mut spec = SlotSpec::new(slot.parse().map_err(Error::Usage)?);
     for kv in rest.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| Error::Usage(format!("--slot {s}: '{kv}' is not key=value")))?;
-        let v = Some(v.to_string());
+        let typed = |e: String| Error::Usage(format!("--slot {s}: {e}"));
         match k.trim().replace('_', "-").as_str() {
-            "algorithm" | "alg" => spec.algorithm = v,
-            "role" => spec.role = v,
-            "pin-policy" => spec.pin_policy = v,
-            "touch-policy" => spec.touch_policy = v,
-            "ttl" => spec.ttl = v,
-            "cn" | "common-name" => spec.common_name = v,
-            "email" => spec.email = v,
-            "upn" => spec.upn = v,
+            "algorithm" | "alg" => spec.algorithm = Some(v.parse().map_err(typed)?),
+            "role" => spec.role = Some(v.parse().map_err(typed)?),
+            "pin-policy" => spec.pin_policy = Some(v.parse().map_err(typed)?),
+            "touch-policy" => spec.touch_policy = Some(v.parse().map_err(typed)?),
+            "ttl" => spec.ttl = Some(v.parse().map_err(typed)?),
+            "cn" | "common-name" => spec.common_name = Some(v.to_string()),
+            "email" => spec.email = Some(v.to_string()),
+            "upn" => spec.upn = Some(v.to_string()),
             other => {
                 return Err(Error::Usage(format!(
                     "--slot {s}: unknown setting '{other}' (algorithm, role, pin-policy, \
@@ -123,21 +138,14 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String,
     Ok(out)
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(v: &Option<String>) -> Result<Option<T>, Error> {
-    v.as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(Error::Usage)
-}
-
 /// Defaults that apply to slots that do not set their own (flags or profile top level).
 #[derive(Debug, Clone, Default)]
 pub struct Defaults {
-    pub algorithm: Option<String>,
-    pub role: Option<String>,
-    pub pin_policy: Option<String>,
-    pub touch_policy: Option<String>,
-    pub ttl: Option<String>,
+    pub algorithm: Option<Algorithm>,
+    pub role: Option<Role>,
+    pub pin_policy: Option<PinPolicy>,
+    pub touch_policy: Option<TouchPolicy>,
+    pub ttl: Option<Ttl>,
     pub common_name: Option<String>,
     pub email: Option<String>,
     pub upn: Option<String>,
@@ -151,15 +159,15 @@ pub fn resolve(
 ) -> Result<Vec<SlotPlan>, Error> {
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
-        let slot: Slot = spec.slot.parse().map_err(Error::Usage)?;
-        let pick = |own: &Option<String>, dflt: &Option<String>| own.clone().or(dflt.clone());
-        let algorithm: Algorithm =
-            parse(&pick(&spec.algorithm, &defaults.algorithm))?.unwrap_or(Algorithm::P256);
-        let role: Role = parse(&pick(&spec.role, &defaults.role))?.unwrap_or(slot.default_role());
-        let pin_policy: PinPolicy =
-            parse(&pick(&spec.pin_policy, &defaults.pin_policy))?.unwrap_or(PinPolicy::Default);
-        let touch_policy: TouchPolicy = parse(&pick(&spec.touch_policy, &defaults.touch_policy))?
-            .unwrap_or(TouchPolicy::Default);
+        let slot = spec.slot;
+        fn pick<T: Clone>(own: &Option<T>, dflt: &Option<T>) -> Option<T> {
+            own.clone().or_else(|| dflt.clone())
+        }
+        let algorithm = pick(&spec.algorithm, &defaults.algorithm).unwrap_or(Algorithm::P256);
+        let role = pick(&spec.role, &defaults.role).unwrap_or(slot.default_role());
+        let pin_policy = pick(&spec.pin_policy, &defaults.pin_policy).unwrap_or(PinPolicy::Default);
+        let touch_policy =
+            pick(&spec.touch_policy, &defaults.touch_policy).unwrap_or(TouchPolicy::Default);
         let fill = |t: Option<String>| -> Result<Option<String>, Error> {
             t.map(|t| render(&t, vars))
                 .transpose()
@@ -219,8 +227,10 @@ mod tests {
     #[test]
     fn slot_flags_and_defaults() {
         let s = parse_slot_flag("9c:alg=rsa2048,role=code-signing").expect("spec");
-        assert_eq!(s.algorithm.as_deref(), Some("rsa2048"));
+        assert_eq!(s.algorithm, Some(Algorithm::Rsa2048));
         assert!(parse_slot_flag("9c:bogus=1").is_err());
+        assert!(parse_slot_flag("9c:ttl=1y").is_err());
+        assert!(parse_slot_flag("9z").is_err());
         assert!(parse_slot_flag("9c:alg").is_err());
         let d = Defaults {
             common_name: Some("user {serial}".into()),
@@ -232,7 +242,6 @@ mod tests {
         assert_eq!(plans[1].role, Role::Auth);
         assert_eq!(plans[1].algorithm, Algorithm::P256);
         assert_eq!(plans[1].subject.common_name, "user 123");
-        assert!(resolve(&[parse_slot_flag("9z").expect("spec")], &d, &vars()).is_err());
         assert!(resolve(
             &[parse_slot_flag("9a").expect("9a")],
             &Defaults::default(),
@@ -256,5 +265,6 @@ mod tests {
         .expect("profile");
         assert_eq!(p.slots.len(), 2);
         assert!(Profile::from_toml("[[slot]]\nslot='9a'\ncolour='red'").is_err());
+        assert!(Profile::from_toml("[[slot]]\nslot='9a'\nalgorithm='rsa1024'").is_err());
     }
 }

@@ -445,3 +445,91 @@ fn a_renewed_token_is_not_rekeyed_by_the_station() {
     // The record now names the renewed certificate.
     assert_enrolled(&vault, &card);
 }
+
+/// Defect 4: a certificate request whose answer was lost (the process died after Vault
+/// issued, before the answer was recorded) is "in doubt": the next run reports it and
+/// never sends it again by itself; the other slots are finished.
+#[test]
+fn a_sign_whose_answer_was_lost_is_in_doubt_and_never_repeated() {
+    let vault = Vault::start();
+    let card = Card::start();
+    let s = setup(&[card.serial]);
+    let o = station(
+        &vault,
+        &s,
+        &[&card],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+        &[("PIVAULT_TEST_ABORT_AFTER", "sign-sent")],
+    );
+    assert!(!o.status.success(), "the hook did not fire: {}", text(&o));
+    assert_eq!(vault.issued_cert_count(), 1, "{}", text(&o));
+    for _ in 0..2 {
+        let o = station(
+            &vault,
+            &s,
+            &[&card],
+            &["--max-tokens", "1", "--idle-exit", "60"],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let lines = report_lines(&s.report);
+        let last = lines.last().expect("line");
+        assert_eq!(last["in_doubt"], serde_json::json!(["9a"]), "{last}");
+        assert_eq!(last["result"], "failed", "{last}");
+        // 9a asked once (in doubt, not repeated), 9d once.
+        assert_eq!(vault.issued_cert_count(), 2, "{}", text(&o));
+    }
+}
+
+/// Defect 2: a token still on the default management key whose user chose a PIN is not a
+/// factory token: refused without spending a PIN try (firmware with metadata default
+/// flags), and nothing is escrowed.
+#[test]
+fn a_default_key_token_with_a_user_pin_is_refused_without_spending_a_try() {
+    use common::card::CardOptions;
+    let vault = Vault::start();
+    let card = Card::start_with(CardOptions {
+        version: Some("5.7.4".into()),
+        ..Default::default()
+    });
+    let mut c = run::tool("yubico-piv-tool");
+    c.args([
+        "-r",
+        &card.reader,
+        "-a",
+        "change-pin",
+        "-P",
+        "123456",
+        "-N",
+        "48291573",
+    ]);
+    run::ok(c);
+    let s = setup(&[card.serial]);
+    let o = station(
+        &vault,
+        &s,
+        &[&card],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let lines = report_lines(&s.report);
+    assert_eq!(lines[0]["result"], "failed", "{:?}", lines);
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not in factory state"),
+        "{:?}",
+        lines
+    );
+    assert_eq!(
+        run::status_json(&card)["pin_tries_left"],
+        3,
+        "a PIN try was spent"
+    );
+    assert!(pin_verifies(&card, "48291573"));
+    let o = vault.bao(&["kv", "get", &format!("yubikeys/{}", card.serial)]);
+    assert!(!o.status.success(), "a record was written: {}", text(&o));
+    assert_eq!(vault.issued_cert_count(), 0);
+}

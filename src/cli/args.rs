@@ -2,7 +2,9 @@
 //! standard input), environment variables, or a prompt.
 
 use clap::{Args, Parser, Subcommand};
-use pivault::piv::{MgmAlgorithm, Slot};
+use pivault::enroll::Ttl;
+use pivault::piv::{Algorithm, MgmAlgorithm, PinPolicy, Role, Slot, TouchPolicy};
+use pivault::profile::SlotSpec;
 use pivault::renew::Threshold;
 use std::path::PathBuf;
 
@@ -196,26 +198,26 @@ pub struct EnrollArgs {
     pub unlock: UnlockArgs,
     /// Slot to enroll, repeatable: 9a, 9c, 9d, 9e, 82-95 or ykman's names, optionally
     /// with settings: 9c:algorithm=rsa2048,role=code-signing,pin-policy=always,touch-policy=never,cn=...,ttl=90d
-    #[arg(long = "slot", value_name = "SLOT[:k=v,...]")]
-    pub slots: Vec<String>,
+    #[arg(long = "slot", value_name = "SLOT[:k=v,...]", value_parser = pivault::profile::parse_slot_flag)]
+    pub slots: Vec<SlotSpec>,
     /// Profile file (TOML) with the slots and subject templates
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
     /// Key algorithm for slots that set none: p256 (default), p384, rsa2048, rsa3072, rsa4096, ed25519
-    #[arg(long)]
-    pub algorithm: Option<String>,
+    #[arg(long, value_parser = parse::<Algorithm>)]
+    pub algorithm: Option<Algorithm>,
     /// PKI role for slots that set none (default per slot: 9a auth, 9c/9d email-signing, 9e/retired piv)
-    #[arg(long)]
-    pub role: Option<String>,
+    #[arg(long, value_parser = parse::<Role>)]
+    pub role: Option<Role>,
     /// PIN policy: default, never, once, always
-    #[arg(long)]
-    pub pin_policy: Option<String>,
+    #[arg(long, value_parser = parse::<PinPolicy>)]
+    pub pin_policy: Option<PinPolicy>,
     /// Touch policy: default, never, always, cached
-    #[arg(long)]
-    pub touch_policy: Option<String>,
+    #[arg(long, value_parser = parse::<TouchPolicy>)]
+    pub touch_policy: Option<TouchPolicy>,
     /// Certificate lifetime to request, e.g. 8760h (the role's default when absent)
-    #[arg(long)]
-    pub ttl: Option<String>,
+    #[arg(long, value_parser = parse::<Ttl>)]
+    pub ttl: Option<Ttl>,
     /// Subject common name (templates: {serial} and --var names)
     #[arg(long)]
     pub cn: Option<String>,

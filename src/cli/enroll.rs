@@ -56,17 +56,13 @@ fn specs_and_defaults(a: &EnrollArgs) -> Result<(Vec<SlotSpec>, Defaults), Error
     };
     let mut specs = prof.slots.clone();
     if !a.slots.is_empty() {
-        specs = a
-            .slots
-            .iter()
-            .map(|s| profile::parse_slot_flag(s))
-            .collect::<Result<_, _>>()?;
+        specs = a.slots.clone();
     }
     let defaults = Defaults {
-        algorithm: a.algorithm.clone().or(prof.algorithm),
-        role: a.role.clone(),
-        pin_policy: a.pin_policy.clone(),
-        touch_policy: a.touch_policy.clone(),
+        algorithm: a.algorithm.or(prof.algorithm),
+        role: a.role,
+        pin_policy: a.pin_policy,
+        touch_policy: a.touch_policy,
         ttl: a.ttl.clone().or(prof.ttl),
         common_name: a.cn.clone().or(prof.common_name),
         email: a.email.clone().or(prof.email),
@@ -98,14 +94,12 @@ fn ask_plan(defaults: &mut Defaults) -> Result<Vec<SlotSpec>, Error> {
         )?;
         let alg = ask(
             &format!("  algorithm for slot {slot}"),
-            Some(defaults.algorithm.as_deref().unwrap_or("p256")),
+            Some(defaults.algorithm.map(|a| a.name()).unwrap_or("p256")),
         )?;
-        specs.push(SlotSpec {
-            slot: s.to_string(),
-            role: Some(role),
-            algorithm: Some(alg),
-            ..Default::default()
-        });
+        let mut spec = SlotSpec::new(slot);
+        spec.role = Some(role.parse().map_err(Error::Usage)?);
+        spec.algorithm = Some(alg.parse().map_err(Error::Usage)?);
+        specs.push(spec);
     }
     if defaults.common_name.is_none() {
         let cn = ask("Subject common name", None)?;

@@ -1,8 +1,9 @@
 //! The station profile: credential policy, allow-list, slots and subject templates.
 
 use crate::credentials;
+use crate::enroll::Ttl;
 use crate::error::Error;
-use crate::piv::MgmAlgorithm;
+use crate::piv::{Algorithm, MgmAlgorithm};
 use crate::profile::{self, Defaults, SlotSpec};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -67,8 +68,8 @@ pub struct StationProfile {
     pub common_name: Option<String>,
     pub email: Option<String>,
     pub upn: Option<String>,
-    pub algorithm: Option<String>,
-    pub ttl: Option<String>,
+    pub algorithm: Option<Algorithm>,
+    pub ttl: Option<Ttl>,
     #[serde(default, rename = "slot")]
     pub slots: Vec<SlotSpec>,
 }
@@ -147,7 +148,7 @@ impl StationProfile {
 
     pub(crate) fn defaults(&self) -> Defaults {
         Defaults {
-            algorithm: self.algorithm.clone(),
+            algorithm: self.algorithm,
             ttl: self.ttl.clone(),
             common_name: self.common_name.clone(),
             email: self.email.clone(),
