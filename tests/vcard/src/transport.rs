@@ -26,7 +26,8 @@ pub const YUBIKEY_ATR: &[u8] = &[
     0x75, 0x62, 0x69, 0x4B, 0x65, 0x79, 0x40,
 ];
 
-/// Yubico OTP applet: YubiKey 4 clients read the serial there (INS 01, P1 10).
+/// Yubico OTP applet (yubico-piv-tool selects A0000005272001 01): YubiKey 4 clients read
+/// the serial there (INS 01, P1 10).
 pub const OTP_AID: &[u8] = &[0xA0, 0x00, 0x00, 0x05, 0x27, 0x20, 0x01];
 
 /// Exit code when `--fault vanish@N` pulls the card.
@@ -189,7 +190,7 @@ impl Card {
         } else if aid == crate::mgmt::AID {
             self.selected = Selected::Mgmt;
             self.mgmt.select()
-        } else if aid == OTP_AID && !self.piv.firmware.features().piv_serial {
+        } else if aid.starts_with(OTP_AID) && !self.piv.firmware.features().piv_serial {
             self.selected = Selected::Otp;
             // OTP status: firmware version, program sequence, touch level (2 bytes).
             let mut status = self.piv.firmware.version.to_vec();
