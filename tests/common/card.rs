@@ -72,6 +72,12 @@ pub struct CardOptions {
     pub args: Vec<String>,
 }
 
+/// Firmware of cards started without `CardOptions::version`: `$PIVAULT_VCARD_VERSION`,
+/// else 5.2.7 (pivault's tests run the whole suite on another profile with it).
+pub fn default_version() -> String {
+    std::env::var("PIVAULT_VCARD_VERSION").unwrap_or_else(|_| "5.2.7".into())
+}
+
 /// A virtual YubiKey in a virtual reader.
 pub struct Card {
     pub serial: u32,
@@ -121,7 +127,7 @@ impl Card {
             reader,
             port,
             state,
-            version: opts.version.unwrap_or_else(|| "5.2.7".into()),
+            version: opts.version.unwrap_or_else(default_version),
             args: opts.args,
             process: None,
             _reader_lock: lock,
