@@ -79,7 +79,41 @@ fn valid_reference(value: &[u8]) -> bool {
     len >= 6 && value[len..].iter().all(|&b| b == 0xFF)
 }
 
+/// PIN complexity (YubiKey 5.7+, docs.yubico.com "PIN complexity policy", after NIST SP
+/// 800-63B): a value of one repeated character, or one of the commonly used values, is
+/// refused. Yubico's full blocklist is in the YubiKey Technical Manual; this is the part
+/// of it we could confirm from public examples and clients' tests.
+fn trivial(value: &[u8]) -> bool {
+    const BLOCKLIST: &[&[u8]] = &[
+        b"123456",
+        b"123123",
+        b"654321",
+        b"123321",
+        b"112233",
+        b"121212",
+        b"123654",
+        b"159753",
+        b"12345678",
+        b"87654321",
+        b"11223344",
+        b"1234567",
+        b"password",
+        b"abc123",
+        b"qwerty",
+        b"iloveyou",
+        b"000000",
+    ];
+    let len = value.iter().position(|&b| b == 0xFF).unwrap_or(value.len());
+    let value = &value[..len];
+    value.iter().all(|&b| b == value[0]) || BLOCKLIST.contains(&value)
+}
+
 impl Piv {
+    /// A new PIN or PUK this card refuses under PIN complexity.
+    fn refused(&self, new: &[u8]) -> bool {
+        self.pin_complexity && trivial(new)
+    }
+
     fn pin(&self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(hex::decode(&self.state.pin).unwrap_or_default())
     }
@@ -164,7 +198,7 @@ impl Piv {
             return Response::status(sw::WRONG_DATA);
         }
         let (old, new) = apdu.data.split_at(8);
-        if !valid_reference(new) {
+        if !valid_reference(new) || self.refused(new) {
             return Response::status(sw::WRONG_DATA);
         }
         self.spend(Op::Verify);
@@ -203,7 +237,7 @@ impl Piv {
         if puk != self.puk().as_slice() {
             return self.wrong_puk();
         }
-        if !valid_reference(new_pin) {
+        if !valid_reference(new_pin) || self.refused(new_pin) {
             return Response::status(sw::WRONG_DATA);
         }
         self.state.puk_tries_left = self.state.puk_tries_total;
@@ -487,6 +521,29 @@ mod tests {
         let mut data = vec![alg::AES128];
         data.extend(tlv::tlv(0x9B, &[3u8; 16]));
         assert_eq!(old.command(&apdu(0xFF, 0xFF, 0xFF, &data)).sw, 0x6A80);
+    }
+
+    #[test]
+    fn pin_complexity_refuses_trivial_values() {
+        let mut piv = card([5, 7, 4]);
+        piv.pin_complexity = true;
+        let change = |new: &[u8]| {
+            let mut data = pin(b"123456");
+            data.extend(pin(new));
+            apdu(0x24, 0, 0x80, &data)
+        };
+        for bad in [
+            &b"111111"[..],
+            b"4444444",
+            b"abc123",
+            b"password",
+            b"123123",
+        ] {
+            assert_eq!(piv.command(&change(bad)).sw, 0x6A80, "{bad:?}");
+        }
+        assert_eq!(piv.command(&change(b"123458")).sw, 0x9000);
+        let mut plain = card([5, 7, 4]);
+        assert_eq!(plain.command(&change(b"111111")).sw, 0x9000);
     }
 
     fn current(piv: &Piv) -> Vec<u8> {
