@@ -26,6 +26,7 @@ mod mgmt;
 mod piv;
 mod piv_auth;
 mod piv_keys;
+mod piv_mgmt;
 mod state;
 mod timing;
 mod tlv;

@@ -39,7 +39,7 @@ pub struct Volatile {
     pub pin_fresh: bool,
     pub mgmt_authenticated: bool,
     /// The pending management key authentication (witness or challenge we sent).
-    pub mgmt_pending: Option<crate::piv_auth::Pending>,
+    pub mgmt_pending: Option<crate::piv_mgmt::Pending>,
     /// Touch policy "cached": a touch less than 15 s ago counts.
     pub touched_at: Option<std::time::Instant>,
 }
