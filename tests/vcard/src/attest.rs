@@ -296,7 +296,8 @@ impl TestCa {
             .collect()
     }
 
-    /// The root certificate alone, PEM.
+    /// The root certificate alone, PEM (the trust anchor for `openssl verify -CAfile`).
+    #[cfg(test)]
     pub fn root_pem(&self) -> String {
         pem("CERTIFICATE", &self.root.der)
     }

@@ -26,6 +26,7 @@ mod mgmt;
 mod piv;
 mod piv_auth;
 mod piv_keys;
+mod piv_mgmt;
 mod state;
 mod timing;
 mod tlv;
@@ -100,6 +101,10 @@ struct Args {
     /// `yubikey5`: on-card operations take about as long as on a YubiKey 5 (timing.rs).
     #[arg(long, default_value = "none", value_parser = Timing::parse)]
     timing: Timing,
+    /// Refuse trivial PINs and PUKs, as a 5.7+ YubiKey with PIN complexity enabled (the
+    /// management applet's device info does not say so yet).
+    #[arg(long)]
+    pin_complexity: bool,
     /// Crash-test hook: vanish@N, pause-before@N, pause-after@N (faults.rs).
     #[arg(long, value_parser = Fault::parse)]
     fault: Option<Fault>,
@@ -236,6 +241,8 @@ fn build_card(
     }
 
     let mut piv = Piv::new(firmware, device.clone(), &state, args.touch, args.timing);
+    // PIN complexity came with 5.7 (docs.yubico.com "PIN complexity policy").
+    piv.pin_complexity = args.pin_complexity && firmware.features().new_key_types;
     // f9 holds the attestation key like any other key; a new CA or a card without one gets
     // a fresh key and certificate. A key the user imported into f9 stays.
     if firmware.features().attestation && (ca_changed || !piv.state.slots.contains_key("f9")) {

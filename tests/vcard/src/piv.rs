@@ -39,7 +39,7 @@ pub struct Volatile {
     pub pin_fresh: bool,
     pub mgmt_authenticated: bool,
     /// The pending management key authentication (witness or challenge we sent).
-    pub mgmt_pending: Option<crate::piv_auth::Pending>,
+    pub mgmt_pending: Option<crate::piv_mgmt::Pending>,
     /// Touch policy "cached": a touch less than 15 s ago counts.
     pub touched_at: Option<std::time::Instant>,
 }
@@ -52,6 +52,8 @@ pub struct Piv {
     /// the slot table and object 5FFF01 like any other key; nothing else kept here.
     pub vol: Volatile,
     pub touch: Touch,
+    /// PIN complexity (5.7+ option, `--pin-complexity`): trivial PINs and PUKs refused.
+    pub pin_complexity: bool,
     pub timing: crate::timing::Timing,
     /// Persistent state changed since the transport last saved.
     pub dirty: bool,
@@ -71,6 +73,7 @@ impl Piv {
             state: state.piv.clone(),
             vol: Volatile::default(),
             touch,
+            pin_complexity: false,
             timing,
             dirty: false,
         }

@@ -1,74 +1,16 @@
-//! PIN, PUK and management key: VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER
-//! (SP 800-73-4 Part 2 §3.2.1–3.2.3), Yubico SET PIN RETRIES (FA) and SET MANAGEMENT KEY
-//! (FF), and the management key's challenge/response in GENERAL AUTHENTICATE
-//! (SP 800-73-4 Part 2 Appendix A.1/A.2; Yubico: witness and challenge are one cipher
-//! block: 8 bytes for 3DES, 16 for AES).
+//! PIN and PUK: VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER (SP 800-73-4 Part 2
+//! §3.2.1–3.2.3), Yubico SET PIN RETRIES (FA), PIN complexity, and the touch prompt.
+//! The management key: `piv_mgmt.rs`.
 
-use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};
-use rand::RngExt as _;
 use zeroize::Zeroizing;
 
 use crate::apdu::{sw, Apdu, Response};
-use crate::firmware::alg;
 use crate::piv::{Piv, Touch};
-use crate::state::{DEFAULT_MGMT_KEY, DEFAULT_PIN, DEFAULT_PUK};
+use crate::state::{DEFAULT_PIN, DEFAULT_PUK};
 use crate::timing::Op;
-use crate::tlv;
-
-/// The management key authentication in progress.
-pub enum Pending {
-    /// Mutual authentication: the card sent E(witness) and waits for the witness back.
-    Witness(Zeroizing<Vec<u8>>),
-    /// Single (external) authentication: the card sent a challenge and waits for E(it).
-    Challenge(Zeroizing<Vec<u8>>),
-}
 
 const PIN_REF: u8 = 0x80;
 const PUK_REF: u8 = 0x81;
-const MGMT_SLOT: u8 = 0x9B;
-
-fn ecb<C>(key: &[u8], data: &[u8], encrypt: bool) -> Option<Vec<u8>>
-where
-    C: BlockCipherEncrypt + BlockCipherDecrypt + KeyInit + BlockSizeUser,
-{
-    let cipher = C::new_from_slice(key).ok()?;
-    let size = C::block_size();
-    if data.is_empty() || !data.len().is_multiple_of(size) {
-        return None;
-    }
-    let mut out = data.to_vec();
-    for chunk in out.chunks_mut(size) {
-        let block: &mut aes::cipher::Block<C> = chunk.try_into().ok()?;
-        if encrypt {
-            cipher.encrypt_block(block);
-        } else {
-            cipher.decrypt_block(block);
-        }
-    }
-    Some(out)
-}
-
-/// Encrypts (or decrypts) one or more blocks with the management key in ECB mode.
-pub fn mgmt_cipher(algorithm: u8, key: &[u8], data: &[u8], encrypt: bool) -> Option<Vec<u8>> {
-    match algorithm {
-        alg::TDES => ecb::<des::TdesEde3>(key, data, encrypt),
-        alg::AES128 => ecb::<aes::Aes128>(key, data, encrypt),
-        alg::AES192 => ecb::<aes::Aes192>(key, data, encrypt),
-        alg::AES256 => ecb::<aes::Aes256>(key, data, encrypt),
-        _ => None,
-    }
-}
-
-/// Key length and block (witness/challenge) length of a management key algorithm.
-pub fn mgmt_sizes(algorithm: u8) -> Option<(usize, usize)> {
-    match algorithm {
-        alg::TDES => Some((24, 8)),
-        alg::AES128 => Some((16, 16)),
-        alg::AES192 => Some((24, 16)),
-        alg::AES256 => Some((32, 16)),
-        _ => None,
-    }
-}
 
 /// A PIN or PUK as VERIFY carries it: 8 bytes, padded with FF; 6 to 8 characters.
 fn valid_reference(value: &[u8]) -> bool {
@@ -79,7 +21,41 @@ fn valid_reference(value: &[u8]) -> bool {
     len >= 6 && value[len..].iter().all(|&b| b == 0xFF)
 }
 
+/// PIN complexity (YubiKey 5.7+, docs.yubico.com "PIN complexity policy", after NIST SP
+/// 800-63B): a value of one repeated character, or one of the commonly used values, is
+/// refused. Yubico's full blocklist is in the YubiKey Technical Manual; this is the part
+/// of it we could confirm from public examples and clients' tests.
+fn trivial(value: &[u8]) -> bool {
+    const BLOCKLIST: &[&[u8]] = &[
+        b"123456",
+        b"123123",
+        b"654321",
+        b"123321",
+        b"112233",
+        b"121212",
+        b"123654",
+        b"159753",
+        b"12345678",
+        b"87654321",
+        b"11223344",
+        b"1234567",
+        b"password",
+        b"abc123",
+        b"qwerty",
+        b"iloveyou",
+        b"000000",
+    ];
+    let len = value.iter().position(|&b| b == 0xFF).unwrap_or(value.len());
+    let value = &value[..len];
+    value.iter().all(|&b| b == value[0]) || BLOCKLIST.contains(&value)
+}
+
 impl Piv {
+    /// A new PIN or PUK this card refuses under PIN complexity.
+    fn refused(&self, new: &[u8]) -> bool {
+        self.pin_complexity && trivial(new)
+    }
+
     fn pin(&self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(hex::decode(&self.state.pin).unwrap_or_default())
     }
@@ -164,7 +140,7 @@ impl Piv {
             return Response::status(sw::WRONG_DATA);
         }
         let (old, new) = apdu.data.split_at(8);
-        if !valid_reference(new) {
+        if !valid_reference(new) || self.refused(new) {
             return Response::status(sw::WRONG_DATA);
         }
         self.spend(Op::Verify);
@@ -203,7 +179,7 @@ impl Piv {
         if puk != self.puk().as_slice() {
             return self.wrong_puk();
         }
-        if !valid_reference(new_pin) {
+        if !valid_reference(new_pin) || self.refused(new_pin) {
             return Response::status(sw::WRONG_DATA);
         }
         self.state.puk_tries_left = self.state.puk_tries_total;
@@ -234,40 +210,6 @@ impl Piv {
         Response::success()
     }
 
-    /// SET MANAGEMENT KEY (Yubico FF): P1 FF, P2 FF (no touch) or FE (touch);
-    /// data: algorithm, 9B, length, key. Needs the management key.
-    pub(crate) fn set_mgmt_key(&mut self, apdu: &Apdu) -> Response {
-        if apdu.p1 != 0xFF || !matches!(apdu.p2, 0xFE | 0xFF) {
-            return Response::status(sw::INCORRECT_P1P2);
-        }
-        if !self.vol.mgmt_authenticated {
-            return Response::status(sw::SECURITY_STATUS);
-        }
-        let Some((&algorithm, rest)) = apdu.data.split_first() else {
-            return Response::status(sw::WRONG_DATA);
-        };
-        let Some((MGMT_TAG, key, [])) = tlv::take(rest) else {
-            return Response::status(sw::WRONG_DATA);
-        };
-        if !self.firmware.supports_mgmt(algorithm) {
-            return Response::status(sw::WRONG_DATA);
-        }
-        match mgmt_sizes(algorithm) {
-            Some((len, _)) if len == key.len() => {}
-            _ => return Response::status(sw::WRONG_DATA),
-        }
-        self.state.mgmt.algorithm = algorithm;
-        self.state.mgmt.key = hex::encode(key);
-        self.state.mgmt.touch = if apdu.p2 == 0xFE { 2 } else { 1 };
-        self.dirty = true;
-        Response::success()
-    }
-
-    /// Whether the management key still has the factory value.
-    pub(crate) fn mgmt_is_default(&self) -> bool {
-        hex::decode(&self.state.mgmt.key).ok().as_deref() == Some(DEFAULT_MGMT_KEY.as_slice())
-    }
-
     pub(crate) fn pin_is_default(&self) -> bool {
         self.pin().as_slice() == DEFAULT_PIN
     }
@@ -296,95 +238,11 @@ impl Piv {
         self.vol.touched_at = Some(std::time::Instant::now());
         true
     }
-
-    /// GENERAL AUTHENTICATE with the management key (P2 9B, P1 its algorithm).
-    pub(crate) fn mgmt_authenticate(&mut self, apdu: &Apdu) -> Response {
-        let algorithm = self.state.mgmt.algorithm;
-        if apdu.p1 != algorithm {
-            return Response::status(sw::INCORRECT_P1P2);
-        }
-        let Some((_, block)) = mgmt_sizes(algorithm) else {
-            return Response::status(sw::NO_INFO);
-        };
-        let Some(inner) = tlv::find(&apdu.data, 0x7C) else {
-            return Response::status(sw::WRONG_DATA);
-        };
-        let Some(items) = tlv::parse_all(inner) else {
-            return Response::status(sw::WRONG_DATA);
-        };
-        let key = Zeroizing::new(hex::decode(&self.state.mgmt.key).unwrap_or_default());
-        let get = |tag: u32| items.iter().find(|(t, _)| *t == tag).map(|(_, v)| *v);
-        let pending = self.vol.mgmt_pending.take();
-        self.vol.mgmt_authenticated = false;
-        let random = || {
-            let mut bytes = Zeroizing::new(vec![0u8; block]);
-            rand::rng().fill(bytes.as_mut_slice());
-            bytes
-        };
-        match (get(0x80), get(0x81), get(0x82)) {
-            // Step 1 of mutual authentication: "80 00" asks for a witness.
-            (Some([]), None, None) => {
-                let witness = random();
-                let Some(encrypted) = mgmt_cipher(algorithm, &key, &witness, true) else {
-                    return Response::status(sw::NO_INFO);
-                };
-                self.vol.mgmt_pending = Some(Pending::Witness(witness));
-                Response::ok(tlv::tlv(0x7C, &tlv::tlv(0x80, &encrypted)))
-            }
-            // Step 2: the decrypted witness and the client's challenge.
-            (Some(witness), Some(challenge), _) if !witness.is_empty() => {
-                let Some(Pending::Witness(expected)) = pending else {
-                    return Response::status(sw::CONDITIONS);
-                };
-                if witness.len() != block || challenge.len() != block {
-                    return Response::status(sw::WRONG_DATA);
-                }
-                if witness != expected.as_slice() {
-                    return Response::status(sw::SECURITY_STATUS);
-                }
-                if !self.touch(self.state.mgmt.touch) {
-                    return Response::status(sw::CONDITIONS);
-                }
-                let Some(answer) = mgmt_cipher(algorithm, &key, challenge, true) else {
-                    return Response::status(sw::NO_INFO);
-                };
-                self.vol.mgmt_authenticated = true;
-                Response::ok(tlv::tlv(0x7C, &tlv::tlv(0x82, &answer)))
-            }
-            // Single authentication: "81 00" asks for a challenge …
-            (None, Some([]), None) => {
-                let challenge = random();
-                let answer = tlv::tlv(0x7C, &tlv::tlv(0x81, &challenge));
-                self.vol.mgmt_pending = Some(Pending::Challenge(challenge));
-                Response::ok(answer)
-            }
-            // … and "82 E(challenge)" answers it.
-            (None, None, Some(response)) if !response.is_empty() => {
-                let Some(Pending::Challenge(challenge)) = pending else {
-                    return Response::status(sw::CONDITIONS);
-                };
-                let expected = mgmt_cipher(algorithm, &key, &challenge, true);
-                if expected.as_deref() != Some(response) {
-                    return Response::status(sw::SECURITY_STATUS);
-                }
-                if !self.touch(self.state.mgmt.touch) {
-                    return Response::status(sw::CONDITIONS);
-                }
-                self.vol.mgmt_authenticated = true;
-                Response::success()
-            }
-            _ => Response::status(sw::WRONG_DATA),
-        }
-    }
 }
-
-const MGMT_TAG: u32 = MGMT_SLOT as u32;
 
 #[cfg(test)]
 mod tests {
     use crate::piv::tests::{apdu, card};
-
-    use super::*;
 
     fn pin(value: &[u8]) -> Vec<u8> {
         let mut v = value.to_vec();
@@ -442,54 +300,26 @@ mod tests {
         assert_eq!(piv.command(&apdu(0x20, 0, 0x80, &[])).sw, 0x63C5);
     }
 
-    /// Runs mutual authentication as a client does; true if the card accepted the key.
-    fn authenticate(piv: &mut Piv, algorithm: u8, key: &[u8]) -> bool {
-        let block = mgmt_sizes(algorithm).unwrap().1;
-        let r = piv.command(&apdu(0x87, algorithm, 0x9B, &[0x7C, 2, 0x80, 0]));
-        if r.sw != 0x9000 {
-            return false;
-        }
-        let witness = tlv::find(tlv::find(&r.data, 0x7C).unwrap(), 0x80).unwrap();
-        assert_eq!(witness.len(), block);
-        let plain = mgmt_cipher(algorithm, key, witness, false).unwrap();
-        let challenge = vec![9u8; block];
-        let mut inner = tlv::tlv(0x80, &plain);
-        tlv::put(&mut inner, 0x81, &challenge);
-        let r = piv.command(&apdu(0x87, algorithm, 0x9B, &tlv::tlv(0x7C, &inner)));
-        if r.sw != 0x9000 {
-            return false;
-        }
-        let answer = tlv::find(tlv::find(&r.data, 0x7C).unwrap(), 0x82).unwrap();
-        assert_eq!(
-            answer,
-            mgmt_cipher(algorithm, key, &challenge, true).unwrap()
-        );
-        piv.vol.mgmt_authenticated
-    }
-
     #[test]
-    fn management_key_per_algorithm_and_firmware() {
+    fn pin_complexity_refuses_trivial_values() {
         let mut piv = card([5, 7, 4]);
-        assert!(!authenticate(&mut piv, alg::TDES, &DEFAULT_MGMT_KEY));
-        assert!(authenticate(&mut piv, alg::AES192, &DEFAULT_MGMT_KEY));
-        assert!(!authenticate(&mut piv, alg::AES192, &[7u8; 24]));
-        for (algorithm, len) in [(alg::AES128, 16), (alg::AES256, 32), (alg::TDES, 24)] {
-            let (algo, key) = (piv.state.mgmt.algorithm, current(&piv));
-            assert!(authenticate(&mut piv, algo, &key));
-            let mut data = vec![algorithm];
-            data.extend(tlv::tlv(0x9B, &vec![3u8; len]));
-            assert_eq!(piv.command(&apdu(0xFF, 0xFF, 0xFF, &data)).sw, 0x9000);
-            assert!(authenticate(&mut piv, algorithm, &vec![3u8; len]));
+        piv.pin_complexity = true;
+        let change = |new: &[u8]| {
+            let mut data = pin(b"123456");
+            data.extend(pin(new));
+            apdu(0x24, 0, 0x80, &data)
+        };
+        for bad in [
+            &b"111111"[..],
+            b"4444444",
+            b"abc123",
+            b"password",
+            b"123123",
+        ] {
+            assert_eq!(piv.command(&change(bad)).sw, 0x6A80, "{bad:?}");
         }
-        let mut old = card([5, 2, 7]);
-        assert_eq!(old.state.mgmt.algorithm, alg::TDES);
-        assert!(authenticate(&mut old, alg::TDES, &DEFAULT_MGMT_KEY));
-        let mut data = vec![alg::AES128];
-        data.extend(tlv::tlv(0x9B, &[3u8; 16]));
-        assert_eq!(old.command(&apdu(0xFF, 0xFF, 0xFF, &data)).sw, 0x6A80);
-    }
-
-    fn current(piv: &Piv) -> Vec<u8> {
-        hex::decode(&piv.state.mgmt.key).unwrap()
+        assert_eq!(piv.command(&change(b"123458")).sw, 0x9000);
+        let mut plain = card([5, 7, 4]);
+        assert_eq!(plain.command(&change(b"111111")).sw, 0x9000);
     }
 }

@@ -84,3 +84,20 @@ impl Timing {
         Some(Duration::from_millis(ms))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instant_adds_nothing_and_yubikey5_is_slow_where_a_yubikey_is() {
+        assert_eq!(Timing::Instant.duration(Op::Generate(alg::RSA2048)), None);
+        let yk = Timing::parse("yubikey5").unwrap();
+        assert_eq!(
+            yk.duration(Op::Generate(alg::RSA2048)),
+            Some(Duration::from_secs(4))
+        );
+        assert!(yk.duration(Op::Sign(alg::P256)) < yk.duration(Op::RsaPrivate(alg::RSA2048)));
+        assert!(Timing::parse("fast").is_err());
+    }
+}

@@ -26,7 +26,8 @@ pub const YUBIKEY_ATR: &[u8] = &[
     0x75, 0x62, 0x69, 0x4B, 0x65, 0x79, 0x40,
 ];
 
-/// Yubico OTP applet: YubiKey 4 clients read the serial there (INS 01, P1 10).
+/// Yubico OTP applet (yubico-piv-tool selects A0000005272001 01): YubiKey 4 clients read
+/// the serial there (INS 01, P1 10).
 pub const OTP_AID: &[u8] = &[0xA0, 0x00, 0x00, 0x05, 0x27, 0x20, 0x01];
 
 /// Exit code when `--fault vanish@N` pulls the card.
@@ -189,7 +190,7 @@ impl Card {
         } else if aid == crate::mgmt::AID {
             self.selected = Selected::Mgmt;
             self.mgmt.select()
-        } else if aid == OTP_AID && !self.piv.firmware.features().piv_serial {
+        } else if aid.starts_with(OTP_AID) && !self.piv.firmware.features().piv_serial {
             self.selected = Selected::Otp;
             // OTP status: firmware version, program sequence, touch level (2 bytes).
             let mut status = self.piv.firmware.version.to_vec();
@@ -308,5 +309,115 @@ fn log_response(apdu: &Apdu, response: &Response) {
         );
     } else {
         log::debug!("< {} {:04x}", hex::encode(&response.data), response.sw);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firmware::{DeviceIdentity, Firmware};
+    use crate::piv::Touch;
+    use crate::timing::Timing;
+
+    fn card(version: [u8; 3]) -> Card {
+        let firmware = Firmware::new(version);
+        let device = DeviceIdentity {
+            serial: 99,
+            version,
+            form_factor: 1,
+            fips: false,
+        };
+        let state = CardState::fresh(&firmware);
+        let piv = Piv::new(firmware, device.clone(), &state, Touch::Ok, Timing::Instant);
+        Card::new(
+            piv,
+            Management::new(&device),
+            state,
+            None,
+            Arc::default(),
+            None,
+            Pauser::default(),
+        )
+    }
+
+    const SELECT_PIV: &[u8] = &[0x00, 0xA4, 0x04, 0x00, 0x05, 0xA0, 0x00, 0x00, 0x03, 0x08];
+
+    #[test]
+    fn select_dispatches_by_aid_and_unknown_aids_are_not_found() {
+        let mut c = card([5, 7, 4]);
+        assert_eq!(c.process(&[0x00, 0xFD, 0x00, 0x00]), [0x6D, 0x00]);
+        assert!(c.process(SELECT_PIV).ends_with(&[0x90, 0x00]));
+        assert_eq!(c.process(&[0x00, 0xFD, 0x00, 0x00]), [5, 7, 4, 0x90, 0x00]);
+        let oath = [
+            0x00, 0xA4, 0x04, 0x00, 0x07, 0xA0, 0x00, 0x00, 0x05, 0x27, 0x21, 0x01,
+        ];
+        assert_eq!(c.process(&oath), [0x6A, 0x82]);
+        let mut mgmt = vec![0x00, 0xA4, 0x04, 0x00, 0x08];
+        mgmt.extend_from_slice(crate::mgmt::AID);
+        assert!(c.process(&mgmt).ends_with(&[0x90, 0x00]));
+        // The OTP applet (serial for YubiKey 4 clients) exists only before 5.0.
+        let otp = [
+            0x00, 0xA4, 0x04, 0x00, 0x08, 0xA0, 0x00, 0x00, 0x05, 0x27, 0x20, 0x01, 0x01,
+        ];
+        assert_eq!(c.process(&otp), [0x6A, 0x82]);
+        let mut old = card([4, 3, 7]);
+        assert!(old.process(&otp).ends_with(&[0x90, 0x00]));
+        assert_eq!(
+            old.process(&[0x00, 0x01, 0x10, 0x00]),
+            [0, 0, 0, 99, 0x90, 0x00]
+        );
+    }
+
+    #[test]
+    fn chained_commands_merge_and_long_answers_come_in_pieces() {
+        let mut c = card([5, 7, 4]);
+        c.process(SELECT_PIV);
+        c.piv.vol.mgmt_authenticated = true;
+        // PUT DATA of a 600-byte object in three chained commands.
+        let value = vec![0x42u8; 600];
+        let mut data = crate::tlv::tlv(0x5C, &[0x5F, 0xC1, 0x05]);
+        crate::tlv::put(&mut data, 0x53, &value);
+        let chunks: Vec<&[u8]> = data.chunks(255).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let cla = if i + 1 < chunks.len() { 0x10 } else { 0x00 };
+            let mut apdu = vec![cla, 0xDB, 0x3F, 0xFF, chunk.len() as u8];
+            apdu.extend_from_slice(chunk);
+            assert_eq!(c.process(&apdu), [0x90, 0x00]);
+        }
+        // GET DATA answers 604 bytes: 256, then 61xx and GET RESPONSE.
+        let r = c.process(&[
+            0x00, 0xCB, 0x3F, 0xFF, 0x05, 0x5C, 0x03, 0x5F, 0xC1, 0x05, 0x00,
+        ]);
+        assert_eq!(r.len(), 258);
+        assert_eq!(&r[256..], &[0x61, 0x00]);
+        let mut all = r[..256].to_vec();
+        let r = c.process(&[0x00, 0xC0, 0x00, 0x00, 0x00]);
+        assert_eq!(&r[256..], &[0x61, 92]); // 604 - 512 left
+        all.extend_from_slice(&r[..256]);
+        let r = c.process(&[0x00, 0xC0, 0x00, 0x00, 0x00]);
+        assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
+        all.extend_from_slice(&r[..r.len() - 2]);
+        assert_eq!(all.len(), 604);
+        assert_eq!(&all[4..], value.as_slice());
+        // An extended Le takes it in one go.
+        let r = c.process(&[
+            0x00, 0xCB, 0x3F, 0xFF, 0x00, 0x00, 0x05, 0x5C, 0x03, 0x5F, 0xC1, 0x05, 0x00, 0x00,
+        ]);
+        assert_eq!(r.len(), 606);
+    }
+
+    #[test]
+    fn power_cycle_forgets_pin_and_management_key_but_not_the_state() {
+        let mut c = card([5, 7, 4]);
+        c.process(SELECT_PIV);
+        let verify = [
+            0x00, 0x20, 0x00, 0x80, 0x08, b'1', b'2', b'3', b'4', b'5', b'6', 0xFF, 0xFF,
+        ];
+        assert_eq!(c.process(&verify), [0x90, 0x00]);
+        c.piv.vol.mgmt_authenticated = true;
+        vpicc::VSmartCard::reset(&mut c);
+        c.process(SELECT_PIV);
+        assert!(!c.piv.vol.mgmt_authenticated);
+        assert_eq!(c.process(&[0x00, 0x20, 0x00, 0x80]), [0x63, 0xC3]);
     }
 }
