@@ -22,6 +22,7 @@ pub mod report;
 pub mod secret;
 pub mod station;
 pub mod status;
+pub mod text;
 pub mod vault;
 pub mod verify;
 

@@ -1,9 +1,10 @@
 //! The client: login and token upkeep, and the contract's endpoints on top of `transport`.
 
 use super::error::{from_response, ErrCtx, ReqKind, VaultError};
-use super::transport::{Answer, Http, Payload, Request, SecretBuf, TlsSettings};
+use super::transport::{Answer, Http, Payload, Repeat, Request, SecretBuf, TlsSettings};
 use super::{AppRoleCreds, Health, KvMeta, SignRequest, SignedCert, Stats, VaultConfig};
 use crate::secret::VaultToken;
+use crate::text::sanitize;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -44,14 +45,29 @@ struct TokenState {
     renewable: bool,
 }
 
+/// Longest token lifetime taken from an answer (ten years; Vault's default maximum is 32
+/// days). A larger `lease_duration` is clamped to it: `Instant + Duration` panics on
+/// overflow, and the release build aborts on a panic.
+const MAX_LEASE_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Largest KV v2 version taken from an answer (2^53, JSON's exact-integer limit). Versions
+/// count writes; anything larger is not Vault talking, and a caller doing `version + 1`
+/// must not overflow.
+const MAX_KV_VERSION: u64 = 1 << 53;
+
+/// Certificate `expiration` is clamped to [1970, 9999-12-31T23:59:59Z] (RFC 5280's
+/// GeneralizedTime ends there), so that no caller overflows turning it into a time.
+const MAX_EXPIRATION: i64 = 253_402_300_799;
+
 impl TokenState {
     fn from_auth(token: VaultToken, lease: u64, renewable: bool, sent: Instant) -> Self {
-        let ttl = Duration::from_secs(lease);
+        let ttl = Duration::from_secs(lease.min(MAX_LEASE_SECS));
         TokenState {
             token,
             ttl,
             // Counted from when the request left, so the estimate errs on the short side.
-            expires: (lease > 0).then(|| sent + ttl),
+            // (`checked_add`: an Instant near its own end must not panic either.)
+            expires: (lease > 0).then(|| sent.checked_add(ttl)).flatten(),
             renewable,
         }
     }
@@ -195,7 +211,7 @@ impl VaultClient {
                 namespace: true,
                 // A second login after a lost answer costs one token; with single-use
                 // secret_ids it fails as the first would have.
-                idempotent: true,
+                repeat: Repeat::Always,
                 kind: ReqKind::Login,
             },
             deadline,
@@ -228,13 +244,7 @@ impl VaultClient {
         };
         let parsed: AuthAnswer = serde_json::from_slice(&ans.body)
             // serde's message may quote the input: say only where it broke.
-            .map_err(|e| {
-                bad(&format!(
-                    "not a Vault auth answer (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ))
-            })?;
+            .map_err(|e| bad(&format!("not a Vault auth answer ({})", position(&e))))?;
         let auth = parsed.auth.ok_or_else(|| bad("no `auth` in the answer"))?;
         let AuthData {
             client_token,
@@ -328,7 +338,7 @@ impl VaultClient {
                 body: &body,
                 token: Some(&st.token),
                 namespace: true,
-                idempotent: true,
+                repeat: Repeat::Always,
                 kind: ReqKind::Other,
             },
             deadline,
@@ -365,7 +375,7 @@ impl VaultClient {
                 body: &Payload::None,
                 token: Some(token),
                 namespace: true,
-                idempotent: true,
+                repeat: Repeat::Always,
                 kind: ReqKind::Other,
             },
             deadline,
@@ -381,7 +391,7 @@ impl VaultClient {
         method: Method,
         path: &str,
         body: &Payload,
-        idempotent: bool,
+        repeat: Repeat,
         kind: ReqKind,
         deadline: Instant,
     ) -> Result<Answer, VaultError> {
@@ -394,7 +404,7 @@ impl VaultClient {
                     body,
                     token: Some(token),
                     namespace: true,
-                    idempotent,
+                    repeat,
                     kind,
                 },
                 deadline,
@@ -440,7 +450,7 @@ impl VaultClient {
                 body: &Payload::None,
                 token: None,
                 namespace: false,
-                idempotent: true,
+                repeat: Repeat::Always,
                 kind: ReqKind::Other,
             },
             self.deadline(),
@@ -464,15 +474,15 @@ impl VaultClient {
         }
         let h: H = serde_json::from_slice(&ans.body).map_err(|e| VaultError::BadResponse {
             path: path.into(),
-            detail: format!("not a health answer: {e}"),
+            detail: format!("not a health answer ({})", position(&e)),
         })?;
         Ok(Health {
             initialized: h.initialized,
             sealed: h.sealed,
             standby: h.standby,
             performance_standby: h.performance_standby,
-            version: h.version,
-            cluster_name: h.cluster_name,
+            version: sanitize(&h.version),
+            cluster_name: h.cluster_name.as_deref().map(sanitize),
             addr: ans.addr,
         })
     }
@@ -493,7 +503,7 @@ impl VaultClient {
             Method::POST,
             &path,
             &body,
-            true,
+            Repeat::Always,
             ReqKind::Sign,
             self.deadline(),
         )?;
@@ -508,9 +518,12 @@ impl VaultClient {
         }
     }
 
-    /// Have Vault sign a CSR with `<pki>/sign/<role>`. Not repeated after a timeout or a
-    /// lost connection (a repeat would issue a second certificate): that comes back as
-    /// [`VaultError::Timeout`] / [`VaultError::ConnectionLost`].
+    /// Have Vault sign a CSR with `<pki>/sign/<role>`. Never sent twice once it may have
+    /// reached Vault (a repeat would issue a second certificate): a timeout or a lost
+    /// connection after sending, a 5xx that can follow an issue, or a 200 whose body cannot
+    /// be read comes back as [`VaultError::InDoubt`], for the caller to record. Failures
+    /// known to come before Vault acted (no connection, sealed, a standby's refusal) are
+    /// retried until the deadline (see `transport.rs`).
     pub fn sign(&self, role: &str, req: &SignRequest) -> Result<SignedCert, VaultError> {
         check_name("PKI role", role)?;
         if !req.csr_pem.contains("-----BEGIN CERTIFICATE REQUEST-----") {
@@ -536,8 +549,6 @@ impl VaultClient {
             alt_names: String,
             #[serde(skip_serializing_if = "<[String]>::is_empty")]
             other_sans: &'a [String],
-            #[serde(skip_serializing_if = "<[String]>::is_empty")]
-            uri_sans: &'a [String],
             #[serde(skip_serializing_if = "Option::is_none")]
             ttl: Option<&'a str>,
             format: &'static str,
@@ -547,7 +558,6 @@ impl VaultClient {
             common_name: req.common_name.as_deref(),
             alt_names: req.alt_names.join(","),
             other_sans: &req.other_sans,
-            uri_sans: &req.uri_sans,
             ttl: req.ttl.as_deref(),
             format: "pem",
         })
@@ -557,14 +567,20 @@ impl VaultClient {
             Method::POST,
             &path,
             &Payload::Json(body),
-            false,
+            Repeat::BeforeActing,
             ReqKind::Sign,
             self.deadline(),
         )?;
         if ans.status != 200 {
             return Err(self.error(&path, ReqKind::Sign, &ans));
         }
-        parse_signed(&path, &ans.body)
+        // Issued, but unusable: the certificate exists and pivault does not hold it.
+        parse_signed(&path, &ans.body).map_err(|e| VaultError::InDoubt {
+            path: path.clone(),
+            addr: ans.addr.clone(),
+            sent_at: ans.sent_at,
+            cause: Box::new(e),
+        })
     }
 
     /// The PKI mount's CA chain, issuing CA first: `<pki>/cert/ca_chain` (PKI serves it
@@ -580,7 +596,7 @@ impl VaultClient {
                     body: &Payload::None,
                     token: None,
                     namespace: true,
-                    idempotent: true,
+                    repeat: Repeat::Always,
                     kind: ReqKind::Other,
                 },
                 deadline,
@@ -623,7 +639,7 @@ impl VaultClient {
             Method::GET,
             &path,
             &Payload::None,
-            true,
+            Repeat::Always,
             ReqKind::Other,
             self.deadline(),
         )?;
@@ -651,26 +667,29 @@ impl VaultClient {
         }
         let r: R<T> = serde_json::from_slice(&ans.body).map_err(|e| VaultError::BadResponse {
             path: path.clone(),
-            // Never quote the payload: position only.
             detail: format!(
-                "KV answer does not fit the expected type (line {}, column {})",
-                e.line(),
-                e.column()
+                "KV answer does not fit the expected type ({})",
+                position(&e)
             ),
         })?;
-        Ok(r.data.data.map(|d| {
-            (
-                d,
-                KvMeta {
-                    version: r.data.metadata.version,
-                },
-            )
-        }))
+        let version = r.data.metadata.version;
+        if r.data.data.is_some() && !(1..=MAX_KV_VERSION).contains(&version) {
+            return Err(VaultError::BadResponse {
+                path,
+                detail: format!("KV answer with an impossible version {version}"),
+            });
+        }
+        Ok(r.data.data.map(|d| (d, KvMeta { version })))
     }
 
     /// Write KV v2 record `key`. `cas`: `Some(0)` creates only if absent, `Some(v)` replaces
     /// only version `v` ([`VaultError::CasMismatch`] otherwise), `None` writes regardless.
-    /// Not repeated after a lost connection (the write may have happened).
+    ///
+    /// Retried after a lost answer, a timeout or a 5xx: a blind write writes the same data
+    /// again; a check-and-set write carried out the first time fails its repeat with a CAS
+    /// mismatch, which then comes back as [`VaultError::InDoubt`] (cause `CasMismatch`):
+    /// the write may be this one's, so read the record back and compare. A CAS mismatch
+    /// with no lost answer before it is [`VaultError::CasMismatch`]: another writer.
     pub fn kv_write<T: Serialize>(
         &self,
         key: &str,
@@ -700,9 +719,25 @@ impl VaultClient {
         let body = Payload::Secret(Arc::new(buf.into_inner()));
         let path = format!("{}/data/{key}", self.inner.kv);
         let kind = ReqKind::KvWrite { cas };
-        let ans = self.authed(Method::POST, &path, &body, false, kind, self.deadline())?;
+        let ans = self.authed(
+            Method::POST,
+            &path,
+            &body,
+            Repeat::Always,
+            kind,
+            self.deadline(),
+        )?;
         if ans.status != 200 {
-            return Err(self.error(&path, kind, &ans));
+            let err = self.error(&path, kind, &ans);
+            return Err(match (err, &ans.doubt) {
+                (e @ VaultError::CasMismatch { .. }, Some(d)) => VaultError::InDoubt {
+                    path,
+                    addr: d.addr.clone(),
+                    sent_at: d.sent_at,
+                    cause: Box::new(e),
+                },
+                (e, _) => e,
+            });
         }
         #[derive(Deserialize)]
         struct R {
@@ -713,12 +748,17 @@ impl VaultClient {
             version: u64,
         }
         let r: R = serde_json::from_slice(&ans.body).map_err(|e| VaultError::BadResponse {
-            path,
-            detail: format!("not a KV v2 write answer: {e}"),
+            path: path.clone(),
+            detail: format!("not a KV v2 write answer ({})", position(&e)),
         })?;
-        Ok(KvMeta {
-            version: r.data.version,
-        })
+        let version = r.data.version;
+        if !(1..=MAX_KV_VERSION).contains(&version) {
+            return Err(VaultError::BadResponse {
+                path,
+                detail: format!("KV answer with an impossible version {version}"),
+            });
+        }
+        Ok(KvMeta { version })
     }
 
     /// Time left on the current token; `None` when not logged in or it does not expire.
@@ -810,7 +850,8 @@ fn parse_signed(path: &str, body: &[u8]) -> Result<SignedCert, VaultError> {
         path: path.to_string(),
         detail,
     };
-    let r: R = serde_json::from_slice(body).map_err(|e| bad(format!("not a sign answer: {e}")))?;
+    let r: R = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("not a sign answer ({})", position(&e))))?;
     let d = r
         .data
         .ok_or_else(|| bad("no `data` in the sign answer".into()))?;
@@ -821,9 +862,16 @@ fn parse_signed(path: &str, body: &[u8]) -> Result<SignedCert, VaultError> {
         certificate_pem: d.certificate,
         issuing_ca_pem: d.issuing_ca,
         ca_chain_pem: d.ca_chain.unwrap_or_default(),
-        serial_number: d.serial_number,
-        expiration: d.expiration,
-        warnings: r.warnings.unwrap_or_default(),
+        serial_number: sanitize(&d.serial_number),
+        expiration: d.expiration.clamp(0, MAX_EXPIRATION),
+        // Shown to the user: sanitised, and no more of them than Vault would ever send.
+        warnings: r
+            .warnings
+            .unwrap_or_default()
+            .iter()
+            .take(super::error::MAX_MESSAGES)
+            .map(|w| sanitize(w))
+            .collect(),
     })
 }
 
@@ -842,7 +890,7 @@ fn parse_ca(path: &str, body: &[u8]) -> Result<Vec<String>, VaultError> {
     }
     let r: R = serde_json::from_slice(body).map_err(|e| VaultError::BadResponse {
         path: path.to_string(),
-        detail: format!("not a CA answer: {e}"),
+        detail: format!("not a CA answer ({})", position(&e)),
     })?;
     let Some(d) = r.data else {
         return Ok(Vec::new());
@@ -861,6 +909,12 @@ fn parse_ca(path: &str, body: &[u8]) -> Result<Vec<String>, VaultError> {
         out = split_pem(d.certificate.as_deref().unwrap_or_default());
     }
     Ok(out)
+}
+
+/// Where a JSON answer broke, without quoting it (serde's message may quote the input,
+/// which can hold a token, KV data or control characters).
+fn position(e: &serde_json::Error) -> String {
+    format!("line {}, column {}", e.line(), e.column())
 }
 
 fn split_pem(text: &str) -> Vec<String> {

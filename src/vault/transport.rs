@@ -5,15 +5,34 @@
 //! (openbao-facts.md, "Speed").
 //!
 //! Retry rules, from what an HA cluster does (openbao-facts.md, "HA behaviour"):
-//! - an answer of 429/5xx (standby, sealed, no leader) and a failed connection are retried,
-//!   on the next configured address, with exponential backoff and jitter once every address
-//!   was tried, until the operation's deadline;
-//! - a timeout or a connection lost after the request was sent is retried only for requests
-//!   that are safe to repeat: a second `sign` would issue a second certificate;
+//! - a failed connection (nothing was sent) is retried on the next configured address, with
+//!   exponential backoff and jitter once every address was tried, until the operation's
+//!   deadline;
 //! - sealed on every address stops at once: unsealing needs a person, waiting does not help;
 //! - 307/308 is followed by hand (reqwest's policy would drop the body), with the same
 //!   method, body and headers (token, namespace), at most [`MAX_REDIRECTS`] hops, never
-//!   from https to http.
+//!   from https to http, and **only to a configured address** (same scheme, host and port as
+//!   one of them): anywhere else would receive the token and the body (a secret_id, KV
+//!   data). Such a redirect ends the call with [`VaultError::RedirectRefused`].
+//!
+//! What else is retried depends on [`Repeat`]:
+//! - [`Repeat::Always`] (login, reads, the pre-flight, KV writes): also 429/5xx, timeouts and
+//!   connections lost after sending. A KV check-and-set write that was carried out once
+//!   fails its repeat with a CAS mismatch; after a lost answer that comes back as
+//!   [`VaultError::InDoubt`] (see `client.rs`), so the caller reads the record back.
+//! - [`Repeat::BeforeActing`] (`sign`: a second one issues a second certificate): only what
+//!   is known to come before Vault acted — a failed connection, "sealed", and the 5xx that
+//!   OpenBao answers before it routes a request to a backend (OpenBao `http/handler.go`:
+//!   `handleRequestForwarding` 500 "local node not active but active cluster node not
+//!   found"; `respondStandby` 503 "no active Vault instance found" / "node is not active";
+//!   the seal check, 503 "Vault is sealed"). A timeout or a lost connection after sending,
+//!   and every other 5xx (a 500 can follow a certificate issued but not stored; a proxy's
+//!   502/504 can follow a request passed on), end the call with [`VaultError::InDoubt`].
+//!   Such requests carry `X-Vault-No-Request-Forwarding: true`: a standby then answers 307
+//!   to the leader without forwarding. Without it, a standby whose forwarded request
+//!   failed *after* the leader took it falls back to a 307 too (`forwardRequest` →
+//!   `respondStandby`), and following that 307 would sign twice. The cost: a standby's
+//!   leader must be among the configured addresses for a sign to get through it.
 
 use super::error::{from_response, is_transient_status, ErrCtx, ReqKind, VaultError};
 use crate::secret::VaultToken;
@@ -23,14 +42,15 @@ use reqwest::Method;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Redirect hops followed for one attempt (standby → leader needs one).
 pub(crate) const MAX_REDIRECTS: usize = 3;
-/// Answers larger than this are refused: Vault's are a few KiB.
-const MAX_BODY: usize = 4 << 20;
+/// Answers larger than this are refused: Vault's are a few KiB (a sign answer with its
+/// chain ~5 KiB, a KV record well under 1 KiB).
+pub(crate) const MAX_BODY: usize = 1 << 20;
 /// Below this much time left, another attempt cannot succeed.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 /// Backoff: first delay, and the ceiling.
@@ -59,9 +79,24 @@ pub(crate) struct Request<'a> {
     pub token: Option<&'a VaultToken>,
     /// Send `X-Vault-Namespace` (everything but `sys/health`, which refuses it with 400).
     pub namespace: bool,
-    /// Safe to repeat after a timeout or a lost connection.
-    pub idempotent: bool,
+    pub repeat: Repeat,
     pub kind: ReqKind,
+}
+
+/// When a request may be sent again after a failure (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// After any transient failure: doing it twice does no harm.
+    Always,
+    /// Only after failures known to come before Vault acted; otherwise
+    /// [`VaultError::InDoubt`].
+    BeforeActing,
+}
+
+/// An earlier attempt of this call that may have been carried out.
+pub(crate) struct Doubt {
+    pub addr: String,
+    pub sent_at: SystemTime,
 }
 
 /// Vault's answer: status, body (zeroized on drop: it may hold a token or KV data), and the
@@ -70,6 +105,11 @@ pub(crate) struct Answer {
     pub status: u16,
     pub body: Zeroizing<Vec<u8>>,
     pub addr: String,
+    /// When the request that got this answer was sent.
+    pub sent_at: SystemTime,
+    /// An earlier attempt of the same call may have been carried out (its answer was lost);
+    /// only for [`Repeat::Always`] requests.
+    pub doubt: Option<Doubt>,
 }
 
 pub(crate) struct Http {
@@ -192,29 +232,56 @@ impl Http {
         let mut sealed = vec![false; n];
         let mut attempt: u32 = 0;
         let started = Instant::now();
+        let mut doubt: Option<Doubt> = None;
         loop {
             let idx = (first + attempt as usize) % n;
             let base = &self.addrs[idx];
-            let result = self.attempt(base, req, deadline).map_err(|e| match e {
+            let mut last_sent = None;
+            let result = self.attempt(base, req, deadline, &mut last_sent);
+            let (err, sent) = match result {
+                Ok(mut ans) if !is_transient_status(ans.status) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    ans.doubt = doubt;
+                    return Ok(ans);
+                }
+                Ok(ans) => (
+                    from_response(self.ctx(req, &ans.addr), ans.status, &ans.body),
+                    Some((ans.addr, ans.sent_at)),
+                ),
+                Err(e) => (e, last_sent),
+            };
+            // Whether this attempt may have been carried out: something was sent, and the
+            // failure is one that can come after Vault acted.
+            let acted = match &sent {
+                Some(s) if may_have_acted(&err) => Some(s.clone()),
+                _ => None,
+            };
+            let err = match err {
                 // The deadline ran out before an attempt could start: say how long we tried.
                 VaultError::Timeout { path, after } if after.is_zero() => VaultError::Timeout {
                     path,
                     after: started.elapsed(),
                 },
                 e => e,
-            });
-            let err = match result {
-                Ok(ans) if !is_transient_status(ans.status) => {
-                    self.preferred.store(idx, Ordering::Relaxed);
-                    return Ok(ans);
-                }
-                Ok(ans) => from_response(self.ctx(req, &ans.addr), ans.status, &ans.body),
-                Err(e) => e,
             };
+            if let Some((addr, sent_at)) = acted {
+                match req.repeat {
+                    Repeat::BeforeActing => {
+                        return Err(VaultError::InDoubt {
+                            path: req.path.to_string(),
+                            addr,
+                            sent_at,
+                            cause: Box::new(err),
+                        })
+                    }
+                    Repeat::Always if doubt.is_none() => doubt = Some(Doubt { addr, sent_at }),
+                    Repeat::Always => {}
+                }
+            }
             if let VaultError::Sealed { .. } = err {
                 sealed[idx] = true;
             }
-            if !should_retry(&err, req.idempotent, &sealed) {
+            if !should_retry(&err, req.repeat, &sealed) {
                 return Err(err);
             }
             attempt += 1;
@@ -251,12 +318,20 @@ impl Http {
         }
     }
 
-    /// One attempt against `base`, following redirects.
+    /// Whether `u` has the scheme, host and port of a configured address.
+    fn is_configured(&self, u: &Url) -> bool {
+        let o = u.origin();
+        self.addrs.iter().any(|a| a.origin() == o)
+    }
+
+    /// One attempt against `base`, following redirects. `last_sent`: where and when the last
+    /// request of this attempt went out (`None`: nothing was sent).
     fn attempt(
         &self,
         base: &Url,
         req: &Request<'_>,
         deadline: Instant,
+        last_sent: &mut Option<(String, SystemTime)>,
     ) -> Result<Answer, VaultError> {
         let mut url = api_url(base, req.path, req.query)?;
         for _hop in 0..=MAX_REDIRECTS {
@@ -270,6 +345,7 @@ impl Http {
             let timeout = self.request_timeout.min(left);
             let addr = origin(&url);
             let started = Instant::now();
+            let sent_at = SystemTime::now();
             self.requests.fetch_add(1, Ordering::Relaxed);
             let mut rb = self
                 .client
@@ -279,6 +355,7 @@ impl Http {
             if let Some(body) = body_of(req.body) {
                 rb = rb.body(body);
             }
+            *last_sent = Some((addr.clone(), sent_at));
             let resp = rb
                 .send()
                 .map_err(|e| classify(&e, &addr, req.path, timeout))?;
@@ -298,6 +375,13 @@ impl Http {
                             detail,
                         }
                     })?;
+                if !self.is_configured(&next) {
+                    return Err(VaultError::RedirectRefused {
+                        path: req.path.to_string(),
+                        from: addr,
+                        to: origin(&next),
+                    });
+                }
                 // Read the (small) body so the connection goes back to the pool.
                 let _ = read_body(resp, 64 << 10);
                 log::debug!("redirected to {}", redact_url(&next));
@@ -309,7 +393,13 @@ impl Http {
                 path: req.path.to_string(),
                 detail,
             })?;
-            return Ok(Answer { status, body, addr });
+            return Ok(Answer {
+                status,
+                body,
+                addr,
+                sent_at,
+                doubt: None,
+            });
         }
         Err(VaultError::BadResponse {
             path: req.path.to_string(),
@@ -339,6 +429,13 @@ impl Http {
         }
         if !matches!(req.body, Payload::None) {
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if req.repeat == Repeat::BeforeActing {
+            // A standby answers 307 instead of forwarding (module docs).
+            h.insert(
+                "X-Vault-No-Request-Forwarding",
+                HeaderValue::from_static("true"),
+            );
         }
         Ok(h)
     }
@@ -431,15 +528,36 @@ fn read_body(mut resp: Response, max: usize) -> Result<Zeroizing<Vec<u8>>, Strin
 }
 
 /// Whether another attempt may help. `sealed[i]`: address i said "sealed" in this call.
-pub(crate) fn should_retry(err: &VaultError, idempotent: bool, sealed: &[bool]) -> bool {
+pub(crate) fn should_retry(err: &VaultError, repeat: Repeat, sealed: &[bool]) -> bool {
     match err {
         // Nothing reached Vault.
         VaultError::Connect { .. } => true,
         // Another node may be unsealed; once every node said sealed, stop.
         VaultError::Sealed { .. } => !sealed.iter().all(|s| *s),
-        VaultError::Unavailable { .. } => true,
-        // The request may have been carried out.
-        VaultError::Timeout { .. } | VaultError::ConnectionLost { .. } => idempotent,
+        VaultError::Unavailable { .. }
+        | VaultError::Timeout { .. }
+        | VaultError::ConnectionLost { .. } => repeat == Repeat::Always || !may_have_acted(err),
+        _ => false,
+    }
+}
+
+/// Whether a request that failed with `err` after it was sent may have been carried out.
+/// The 5xx that OpenBao answers before routing a request are not (module docs).
+pub(crate) fn may_have_acted(err: &VaultError) -> bool {
+    match err {
+        VaultError::Timeout { after, .. } => !after.is_zero(),
+        VaultError::ConnectionLost { .. } => true,
+        VaultError::Unavailable {
+            status, message, ..
+        } => {
+            let m = message.to_ascii_lowercase();
+            let before_routing = *status == 429
+                || m.contains("vault is sealed")
+                || m.contains("no active vault instance found")
+                || m.contains("local node not active but active cluster node not found")
+                || m.contains("node is not active");
+            !before_routing
+        }
         _ => false,
     }
 }
@@ -475,9 +593,12 @@ pub(crate) fn redirect_target(from: &Url, location: Option<&HeaderValue>) -> Res
     let loc = location
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| "redirect without a usable Location header".to_string())?;
-    let to = from
-        .join(loc)
-        .map_err(|e| format!("redirect to an invalid location '{loc}': {e}"))?;
+    let to = from.join(loc).map_err(|e| {
+        format!(
+            "redirect to an invalid location '{}': {e}",
+            crate::text::sanitize(loc)
+        )
+    })?;
     if !matches!(to.scheme(), "http" | "https") {
         return Err(format!("redirect to a non-HTTP location '{}'", origin(&to)));
     }
@@ -696,19 +817,62 @@ mod tests {
             addr: "a".into(),
             detail: "x".into(),
         };
-        assert!(should_retry(&connect, false, &[false]));
-        assert!(should_retry(&standby, false, &[false]));
+        use Repeat::{Always, BeforeActing};
+        assert!(should_retry(&connect, BeforeActing, &[false]));
+        assert!(should_retry(&standby, BeforeActing, &[false]));
         // A sign is not repeated once it may have reached Vault.
-        assert!(!should_retry(&lost, false, &[false]));
-        assert!(!should_retry(&timeout, false, &[false]));
-        assert!(should_retry(&lost, true, &[false]));
-        assert!(should_retry(&timeout, true, &[false]));
+        assert!(!should_retry(&lost, BeforeActing, &[false]));
+        assert!(!should_retry(&timeout, BeforeActing, &[false]));
+        assert!(should_retry(&lost, Always, &[false]));
+        assert!(should_retry(&timeout, Always, &[false]));
+        // 5xx: a standby's refusals come before routing; anything else may follow an issue.
+        let unavailable = |status: u16, message: &str| VaultError::Unavailable {
+            addr: "a".into(),
+            status,
+            message: message.into(),
+        };
+        for (status, message) in [
+            (503, "no active Vault instance found"),
+            (
+                500,
+                "local node not active but active cluster node not found",
+            ),
+            (503, "node is not active"),
+        ] {
+            assert!(should_retry(
+                &unavailable(status, message),
+                BeforeActing,
+                &[false]
+            ));
+        }
+        for (status, message) in [
+            (500, "internal error"),
+            (502, "bad gateway"),
+            (504, "no message"),
+        ] {
+            assert!(may_have_acted(&unavailable(status, message)));
+            assert!(!should_retry(
+                &unavailable(status, message),
+                BeforeActing,
+                &[false]
+            ));
+            assert!(should_retry(
+                &unavailable(status, message),
+                Always,
+                &[false]
+            ));
+        }
+        // The deadline ran out before sending: nothing was carried out.
+        assert!(!may_have_acted(&VaultError::Timeout {
+            path: "p".into(),
+            after: Duration::ZERO
+        }));
         // Sealed: try the other nodes, stop when all said sealed.
-        assert!(should_retry(&sealed, true, &[true, false]));
-        assert!(!should_retry(&sealed, true, &[true]));
-        assert!(!should_retry(&sealed, true, &[true, true]));
-        assert!(!should_retry(&denied, true, &[false]));
-        assert!(!should_retry(&tls, true, &[false]));
+        assert!(should_retry(&sealed, Always, &[true, false]));
+        assert!(!should_retry(&sealed, Always, &[true]));
+        assert!(!should_retry(&sealed, Always, &[true, true]));
+        assert!(!should_retry(&denied, Always, &[false]));
+        assert!(!should_retry(&tls, Always, &[false]));
     }
 
     fn msgs(v: &[&str]) -> Vec<String> {
