@@ -5,17 +5,20 @@
 //! generated public key before anything is sent to Vault.
 
 use crate::crypto;
-use crate::piv::{Algorithm, PivToken, Slot, TokenError};
-use der::{asn1::BitString, Decode, Encode, EncodePem};
+use crate::piv::{PivToken, Slot, TokenError};
+use const_oid::db::rfc4519;
+use der::{
+    asn1::{Any, BitString, Utf8StringRef},
+    Decode, Encode, EncodePem,
+};
 use spki::SubjectPublicKeyInfoOwned;
-use std::str::FromStr;
 use x509_cert::{
-    attr::Attributes,
+    attr::{AttributeTypeAndValue, Attributes},
     ext::{
         pkix::{name::GeneralName, SubjectAltName},
         ToExtension,
     },
-    name::Name,
+    name::{Name, RdnSequence, RelativeDistinguishedName},
     request::{CertReq, CertReqInfo, ExtensionReq, Version},
 };
 
@@ -90,27 +93,23 @@ impl Subject {
         Ok(())
     }
 
-    /// The subject as an X.500 name: CN only (Vault keeps only the CN unless the role
-    /// allows more, see openbao-facts).
+    /// The subject as an X.500 name: one RDN, commonName as a UTF8String (RFC 5280
+    /// 4.1.2.6), CN only (Vault keeps only the CN unless the role allows more, see
+    /// openbao-facts). Built from typed values, never from an RFC 4514 string, so commas,
+    /// plus signs or quotes in the name are just characters.
     pub fn name(&self) -> Result<Name, CsrError> {
-        Name::from_str(&format!("CN={}", escape_rdn_value(self.common_name.trim())))
-            .map_err(|e| CsrError::Subject(format!("common name: {e}")))
+        let bad = |e: der::Error| CsrError::Subject(format!("common name: {e}"));
+        let cn = Utf8StringRef::new(self.common_name.trim()).map_err(bad)?;
+        let atv = AttributeTypeAndValue {
+            oid: rfc4519::COMMON_NAME,
+            value: Any::encode_from(&cn).map_err(bad)?,
+        };
+        let mut rdns = RdnSequence::default();
+        rdns.push(RelativeDistinguishedName::try_from(vec![atv]).map_err(bad)?);
+        // x509-cert 0.3 builds a `Name` from typed parts only behind its "hazmat" feature;
+        // its DER is the RDN sequence's, so decode that instead.
+        Name::from_der(&rdns.to_der().map_err(bad)?).map_err(bad)
     }
-}
-
-/// Escape an attribute value for an RFC 4514 string.
-fn escape_rdn_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for (i, c) in v.chars().enumerate() {
-        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
-            || (i == 0 && (c == '#' || c == ' '))
-            || (i + 1 == v.chars().count() && c == ' ');
-        if special {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A request ready to send, and the facts to check the answer against.
@@ -160,23 +159,6 @@ pub fn build_and_sign(
     let der = req.to_der().map_err(enc)?;
     let pem = req.to_pem(der::pem::LineEnding::LF).map_err(enc)?;
     Ok(SignedCsr { der, pem })
-}
-
-/// Verify a DER CSR's self-signature (used by tests and by `--check` style tooling).
-pub fn verify_csr(der: &[u8]) -> Result<(), String> {
-    let req = CertReq::from_der(der).map_err(|e| e.to_string())?;
-    let tbs = req.info.to_der().map_err(|e| e.to_string())?;
-    crypto::verify(&req.info.public_key, &tbs, req.signature.raw_bytes())
-}
-
-/// The signature algorithm a CSR would use for a key type (exposed for reports).
-pub fn signature_algorithm_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::P256 => "ecdsa-with-SHA256",
-        Algorithm::P384 => "ecdsa-with-SHA384",
-        Algorithm::Rsa2048 | Algorithm::Rsa3072 | Algorithm::Rsa4096 => "sha256WithRSAEncryption",
-        Algorithm::Ed25519 => "Ed25519",
-    }
 }
 
 #[cfg(test)]
@@ -232,5 +214,13 @@ mod tests {
         };
         let name = s.name().expect("name");
         assert_eq!(name.to_string(), "CN=Doe\\, Jane \\+ co");
+        // One RDN, one attribute, the CN as given (not split at the comma).
+        assert_eq!(name.len(), 1);
+        let cn = name.common_name().expect("cn").expect("present");
+        assert_eq!(cn.value(), "Doe, Jane + co");
+        assert!(matches!(
+            cn,
+            x509_cert::ext::pkix::name::DirectoryString::Utf8String(_)
+        ));
     }
 }
