@@ -34,8 +34,11 @@
 //!   [`VaultConfig`]. (reqwest's proxy detection is off; with no CA bundle rustls loads the
 //!   system store, which honours `SSL_CERT_FILE`.)
 
+mod answers;
 mod client;
+mod endpoints;
 mod error;
+mod policy;
 mod transport;
 
 pub use client::VaultClient;
