@@ -432,3 +432,252 @@ fn vault_text_reaches_the_user_with_controls_escaped() {
         .expect_err("502 from a proxy");
     assert!(!has_controls(&e.to_string()), "{:?}", e.to_string());
 }
+
+#[test]
+fn oversized_answers_are_not_read() {
+    let big = format!(
+        r#"{{"data":{{"data":{{"pad":"{}"}},"metadata":{{"version":1}}}}}}"#,
+        "x".repeat(2 << 20)
+    );
+    let big2 = big.clone();
+    let node = serve(move |req, _| {
+        if req.path.contains("/login") {
+            login_answer("3600")
+        } else if req.path.contains("/sign/") {
+            Reply::Answer(200, vec![], big2.clone().into_bytes())
+        } else {
+            Reply::Answer(200, vec![], big.clone().into_bytes())
+        }
+    });
+    let c = VaultClient::new(config(&[&node.addr])).expect("client");
+    c.login(creds()).expect("login");
+    let e = c
+        .kv_read::<serde_json::Value>("t/1")
+        .expect_err("2 MiB answer");
+    assert!(e.to_string().contains("larger than"), "{e}");
+    // A sign answered 200 whose body is not taken: issued, and pivault does not hold it.
+    let e = c.sign("yubikey-piv", &csr()).expect_err("2 MiB answer");
+    assert!(e.is_in_doubt(), "{e:?}");
+    assert_eq!(node.count("/sign/"), 1);
+}
+
+// ---- property tests of the parsers of Vault's answers --------------------------------------
+
+mod props {
+    use super::*;
+    use pivault::text::is_clean;
+    use proptest::prelude::*;
+
+    /// The status and body the peer gives next.
+    type Slot = Arc<Mutex<(u16, Vec<u8>)>>;
+
+    /// A logged-in client whose peer answers every non-login request with the status and
+    /// body in the returned slot.
+    fn peer_with_slot() -> (VaultClient, Slot, Peer) {
+        let slot: Slot = Arc::new(Mutex::new((200, b"{}".to_vec())));
+        let s = Arc::clone(&slot);
+        let node = serve(move |req, _| {
+            if req.path.contains("/login") {
+                return login_answer("3600");
+            }
+            let (status, body) = s.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Reply::Answer(status, vec![], body)
+        });
+        let mut cfg = config(&[&node.addr]);
+        cfg.deadline = Duration::from_secs(1);
+        let c = VaultClient::new(cfg).expect("client");
+        c.login(creds()).expect("login");
+        (c, slot, node)
+    }
+
+    fn set(slot: &Mutex<(u16, Vec<u8>)>, status: u16, body: Vec<u8>) {
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = (status, body);
+    }
+
+    /// Any text, control and bidi characters included.
+    fn any_text(max: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(any::<char>(), 0..max).prop_map(String::from_iter)
+    }
+
+    fn config_cases(n: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases: n,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    const MARK: &str = "S3CR3T-MARK";
+
+    #[test]
+    fn any_sign_body_is_read_or_refused_quietly() {
+        let (c, slot, _node) = peer_with_slot();
+        proptest!(config_cases(200), |(
+            pre in proptest::collection::vec(any::<u8>(), 0..200),
+            post in proptest::collection::vec(any::<u8>(), 0..200),
+        )| {
+            // Whatever the body, with a secret-looking marker inside it.
+            let mut body = pre;
+            body.extend_from_slice(MARK.as_bytes());
+            body.extend(post);
+            set(&slot, 200, body);
+            match c.sign("yubikey-piv", &csr()) {
+                Ok(s) => {
+                    prop_assert!(s.warnings.iter().all(|w| is_clean(w)));
+                    prop_assert!(is_clean(&s.serial_number));
+                }
+                Err(e) => {
+                    // A 200 whose body cannot be read: issued, not held.
+                    prop_assert!(e.is_in_doubt(), "{:?}", e);
+                    let shown = format!("{e} {}", e.hint().unwrap_or_default());
+                    prop_assert!(is_clean(&shown), "{:?}", shown);
+                    prop_assert!(!shown.contains(MARK), "{}", shown);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn structured_sign_answers_keep_their_bounds() {
+        let (c, slot, _node) = peer_with_slot();
+        proptest!(config_cases(200), |(
+            expiration in any::<i64>(),
+            warnings in proptest::collection::vec(any_text(40), 0..40),
+            chain_len in 0usize..20,
+            serial in any_text(20),
+        )| {
+            let chain: Vec<&str> = std::iter::repeat_n(CERT, chain_len).collect();
+            let body = serde_json::json!({
+                "data": {
+                    "certificate": CERT,
+                    "issuing_ca": CERT,
+                    "ca_chain": chain,
+                    "serial_number": serial,
+                    "expiration": expiration,
+                },
+                "warnings": warnings,
+            });
+            set(&slot, 200, body.to_string().into_bytes());
+            let s = c.sign("yubikey-piv", &csr()).expect("a well-formed answer");
+            prop_assert!((0..=253_402_300_799).contains(&s.expiration));
+            prop_assert_eq!(
+                s.expiration,
+                expiration.clamp(0, 253_402_300_799)
+            );
+            prop_assert!(s.warnings.len() <= 16);
+            prop_assert!(s.warnings.iter().all(|w| is_clean(w)));
+            prop_assert!(s.ca_chain_pem.len() <= 8);
+            prop_assert!(is_clean(&s.serial_number));
+        });
+    }
+
+    #[test]
+    fn vault_error_messages_print_clean() {
+        let (c, slot, _node) = peer_with_slot();
+        proptest!(config_cases(200), |(
+            status in prop_oneof![400u16..=428, 430u16..=499, Just(500u16), Just(502), Just(504)],
+            messages in proptest::collection::vec(any_text(80), 0..30),
+        )| {
+            let body = serde_json::json!({ "errors": messages });
+            set(&slot, status, body.to_string().into_bytes());
+            let e = c.sign("yubikey-piv", &csr()).expect_err("refused");
+            let shown = format!("{e} {}", e.hint().unwrap_or_default());
+            prop_assert!(is_clean(&shown), "{:?}", shown);
+            // Bounded: at most 16 messages of at most 1000 characters each, escaped.
+            prop_assert!(shown.chars().count() < 16 * 1001 * 10 + 1000, "{}", shown.len());
+            if status >= 500 {
+                prop_assert!(e.is_in_doubt(), "{:?}", e);
+            }
+        });
+    }
+
+    #[test]
+    fn kv_versions_outside_what_vault_counts_are_refused() {
+        let (c, slot, _node) = peer_with_slot();
+        proptest!(config_cases(100), |(version in any::<u64>())| {
+            let body = format!(
+                r#"{{"data":{{"data":{{"a":1}},"metadata":{{"version":{version}}}}}}}"#
+            );
+            set(&slot, 200, body.into_bytes());
+            let r = c.kv_read::<serde_json::Value>("t/1");
+            if (1..=(1u64 << 53)).contains(&version) {
+                prop_assert_eq!(r.expect("read").expect("present").1.version, version);
+            } else {
+                prop_assert!(matches!(r, Err(VaultError::BadResponse { .. })), "{:?}", r);
+            }
+        });
+    }
+
+    #[test]
+    fn any_lease_duration_is_taken_without_overflow() {
+        proptest!(config_cases(40), |(lease in any::<u64>())| {
+            let node = serve(move |req, _| {
+                if req.path.contains("/login") {
+                    login_answer(&lease.to_string())
+                } else {
+                    json(200, "{}")
+                }
+            });
+            let c = VaultClient::new(config(&[&node.addr])).expect("client");
+            c.login(creds()).expect("login");
+            let left = c.token_expires_in();
+            prop_assert!(left.is_none_or(|d| d <= Duration::from_secs(10 * 365 * 24 * 3600)));
+            prop_assert_eq!(left.is_none(), lease == 0);
+        });
+    }
+
+    /// A real certificate (openssl), PEM.
+    fn real_cert() -> &'static str {
+        static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PEM.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tmp");
+            let k = dir.path().join("k.pem");
+            let o = std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args([
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-subj",
+                    "/CN=t",
+                    "-keyout",
+                ])
+                .arg(&k)
+                .output()
+                .expect("openssl");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8(o.stdout).expect("pem")
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config_cases(300))]
+
+        #[test]
+        fn pem_bundles_never_panic(text in any_text(400)) {
+            let _ = pivault::verify::pem_bundle_to_der(&text);
+            let damaged = format!("-----BEGIN CERTIFICATE-----\n{text}\n-----END CERTIFICATE-----");
+            // Random text is never a certificate: refused, never accepted or a panic.
+            prop_assert!(pivault::verify::pem_bundle_to_der(&damaged).is_err());
+        }
+
+        #[test]
+        fn pem_bundles_yield_each_certificate_between_junk(
+            junk in proptest::collection::vec(any_text(60), 1..6),
+        ) {
+            // Junk between certificates (text around PEM blocks is allowed, RFC 7468 2),
+            // without a marker of its own.
+            let junk: Vec<String> = junk.into_iter().map(|j| j.replace("-----", "")).collect();
+            let cert = real_cert();
+            let mut text = String::new();
+            for j in &junk {
+                text.push_str(j);
+                text.push('\n');
+                text.push_str(cert);
+            }
+            let ders = pivault::verify::pem_bundle_to_der(&text).expect("parsed");
+            prop_assert_eq!(ders.len(), junk.len());
+            let one = pivault::verify::pem_bundle_to_der(cert).expect("one");
+            prop_assert!(ders.iter().all(|d| *d == one[0]));
+        }
+    }
+}

@@ -164,6 +164,10 @@ pub(crate) fn classify_messages(
     path: &str,
     timeout: Duration,
 ) -> VaultError {
+    // A TLS error can quote the server's certificate (the names it presented): outside
+    // text, printed in the error.
+    let messages: Vec<String> = messages.iter().map(|m| crate::text::sanitize(m)).collect();
+    let messages = messages.as_slice();
     let deepest = messages.last().cloned().unwrap_or_default();
     if let Some(detail) = tls_detail(messages) {
         return VaultError::Tls {

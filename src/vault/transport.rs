@@ -509,7 +509,12 @@ impl std::io::Write for SecretBuf {
     }
 }
 
+/// The body of `resp`, at most `max` bytes: a larger one (announced or sent) is an error,
+/// and the connection is dropped instead of read to its end.
 fn read_body(mut resp: Response, max: usize) -> Result<Zeroizing<Vec<u8>>, String> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("answer larger than {max} bytes; not read"));
+    }
     let hint = resp.content_length().unwrap_or(0).min(max as u64) as usize;
     let mut buf = SecretBuf::with_capacity(hint.max(1024));
     let mut chunk = [0u8; 8192];
@@ -518,7 +523,7 @@ fn read_body(mut resp: Response, max: usize) -> Result<Zeroizing<Vec<u8>>, Strin
             Ok(0) => break Ok(()),
             Ok(n) => {
                 if buf.0.len() + n > max {
-                    break Err(format!("answer larger than {max} bytes"));
+                    break Err(format!("answer larger than {max} bytes; not read"));
                 }
                 buf.extend(&chunk[..n]);
             }
