@@ -5,16 +5,20 @@
 //! generated public key before anything is sent to Vault.
 
 use crate::crypto;
-use crate::piv::{Algorithm, PivToken, Slot, TokenError};
-use der::{asn1::BitString, Encode, EncodePem};
+use crate::piv::{PivToken, Slot, TokenError};
+use const_oid::db::rfc4519;
+use der::{
+    asn1::{Any, BitString, Utf8StringRef},
+    Decode, Encode, EncodePem,
+};
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::{
-    attr::Attributes,
+    attr::{AttributeTypeAndValue, Attributes},
     ext::{
         pkix::{name::GeneralName, SubjectAltName},
         ToExtension,
     },
-    name::Name,
+    name::{Name, RdnSequence, RelativeDistinguishedName},
     request::{CertReq, CertReqInfo, ExtensionReq, Version},
 };
 
@@ -89,22 +93,21 @@ impl Subject {
         Ok(())
     }
 
-    /// The subject as an X.500 name: CN only (Vault keeps only the CN unless the role
-    /// allows more, see openbao-facts).
-    ///
-    /// Built from the attribute (OID 2.5.4.3, UTF8String per RFC 5280 4.1.2.6) directly,
-    /// never by formatting an RFC 4514 string and parsing it back.
+    /// The subject as an X.500 name: one RDN, commonName as a UTF8String (RFC 5280
+    /// 4.1.2.6), CN only (Vault keeps only the CN unless the role allows more, see
+    /// openbao-facts). Built from typed values, never from an RFC 4514 string, so commas,
+    /// plus signs or quotes in the name are just characters.
     pub fn name(&self) -> Result<Name, CsrError> {
-        use der::{asn1::Any, Decode, Encode, Tag};
-        use x509_cert::attr::AttributeTypeAndValue;
-        use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
         let bad = |e: der::Error| CsrError::Subject(format!("common name: {e}"));
-        let cn = AttributeTypeAndValue {
-            oid: const_oid::db::rfc4519::COMMON_NAME,
-            value: Any::new(Tag::Utf8String, self.common_name.trim().as_bytes()).map_err(bad)?,
+        let cn = Utf8StringRef::new(self.common_name.trim()).map_err(bad)?;
+        let atv = AttributeTypeAndValue {
+            oid: rfc4519::COMMON_NAME,
+            value: Any::encode_from(&cn).map_err(bad)?,
         };
         let mut rdns = RdnSequence::default();
-        rdns.push(RelativeDistinguishedName::try_from(vec![cn]).map_err(bad)?);
+        rdns.push(RelativeDistinguishedName::try_from(vec![atv]).map_err(bad)?);
+        // x509-cert 0.3 builds a `Name` from typed parts only behind its "hazmat" feature;
+        // its DER is the RDN sequence's, so decode that instead.
         Name::from_der(&rdns.to_der().map_err(bad)?).map_err(bad)
     }
 
@@ -195,16 +198,6 @@ pub fn build_and_sign(
     Ok(SignedCsr { der, pem })
 }
 
-/// The signature algorithm a CSR would use for a key type (exposed for reports).
-pub fn signature_algorithm_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::P256 => "ecdsa-with-SHA256",
-        Algorithm::P384 => "ecdsa-with-SHA384",
-        Algorithm::Rsa2048 | Algorithm::Rsa3072 | Algorithm::Rsa4096 => "sha256WithRSAEncryption",
-        Algorithm::Ed25519 => "Ed25519",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +251,13 @@ mod tests {
         };
         let name = s.name().expect("name");
         assert_eq!(name.to_string(), "CN=Doe\\, Jane \\+ co");
+        // One RDN, one attribute, the CN as given (not split at the comma).
+        assert_eq!(name.len(), 1);
         let cn = name.common_name().expect("cn").expect("present");
         assert_eq!(cn.value(), "Doe, Jane + co");
+        assert!(matches!(
+            cn,
+            x509_cert::ext::pkix::name::DirectoryString::Utf8String(_)
+        ));
     }
 }

@@ -113,7 +113,6 @@ impl Issuer for VaultIssuer {
                 .map(|u| format!("{UPN_OID};UTF8:{u}"))
                 .collect(),
             ttl: ttl.map(str::to_string),
-            ..Default::default()
         };
         let signed = self.client.sign(role.name(), &req)?;
         let mut chain_pem = signed.ca_chain_pem.clone();

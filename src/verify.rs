@@ -1,12 +1,20 @@
 //! Checks on a certificate Vault issued, before it goes into a slot: it holds the key just
 //! generated, it chains (RFC 5280 path validation by rustls-webpki) to the CA chain Vault
 //! returned or to a configured trust anchor, its validity has begun and not ended, and its
-//! key usage and extended key usage fit the slot and role.
+//! key usage and extended key usage fit the slot and role ([`check`]); it names exactly
+//! what the request asked for, and extended key usages beyond the role's purpose are
+//! reported ([`check_identity`]).
+
+mod identity;
+
+pub use identity::{check_identity, AskedNames, CertWarning, UPN_OID};
 
 use crate::piv::{Algorithm, Role, Slot};
+use crate::text::sanitize;
 use der::{Decode, DecodePem};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use spki::SubjectPublicKeyInfoOwned;
+use std::fmt;
 use std::time::{Duration, SystemTime};
 use x509_cert::{
     ext::pkix::{ExtendedKeyUsage, KeyUsage, KeyUsages},
@@ -31,6 +39,35 @@ pub enum VerifyError {
     KeyUsage { slot: Slot, needed: String },
     #[error("Vault returned no CA chain and no trust anchor is configured")]
     NoAnchor,
+    /// The certificate names something other than what the request asked for. `got` is
+    /// the certificate's value (control characters escaped), "none" when it has none.
+    #[error("the certificate's {field} is {got}, but the request asked for {asked}")]
+    NameMismatch {
+        field: NameField,
+        asked: String,
+        got: String,
+    },
+}
+
+/// Which name of a certificate [`VerifyError::NameMismatch`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameField {
+    /// Subject commonName (2.5.4.3).
+    CommonName,
+    /// rfc822Name in subjectAltName, or emailAddress (1.2.840.113549.1.9.1) in the subject.
+    Email,
+    /// Microsoft UPN: otherName 1.3.6.1.4.1.311.20.2.3 in subjectAltName.
+    Upn,
+}
+
+impl fmt::Display for NameField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameField::CommonName => "common name",
+            NameField::Email => "e-mail address",
+            NameField::Upn => "UPN",
+        })
+    }
 }
 
 /// DER bytes of every certificate in a PEM bundle.
@@ -122,8 +159,9 @@ pub fn describe(der: &[u8]) -> Result<Accepted, VerifyError> {
         .join(":");
     Ok(Accepted {
         serial_hex: serial,
-        subject: tbs.subject().to_string(),
-        issuer: tbs.issuer().to_string(),
+        // Printed in reports and `status`: a name may hold any text.
+        subject: sanitize(&tbs.subject().to_string()),
+        issuer: sanitize(&tbs.issuer().to_string()),
         not_before: tbs.validity().not_before.to_system_time(),
         not_after: tbs.validity().not_after.to_system_time(),
         sha256: crate::crypto::sha256_hex(der),

@@ -133,9 +133,9 @@ fn one_slot(
     match policy.decide(token, ctx, sp)? {
         SlotAction::Keep(a) => Ok(("kept", a, Vec::new())),
         SlotAction::Reimport { key, issued } => {
-            let a = enroll::import_issued(token, ctx, sp, &key, &issued)?;
+            let (a, warnings) = enroll::import_issued(token, ctx, sp, &key, &issued)?;
             checkpoint("import");
-            Ok(("reimported", a, Vec::new()))
+            Ok(("reimported", a, warnings))
         }
         SlotAction::Certify(choice) => {
             let word = policy.certified_word();
@@ -143,8 +143,9 @@ fn one_slot(
                 inner: policy,
                 warnings: Vec::new(),
             };
-            let a = enroll::enroll_slot(token, ctx, sp, pin, choice, &mut rec)?;
+            let (a, mut warnings) = enroll::enroll_slot(token, ctx, sp, pin, choice, &mut rec)?;
             checkpoint("import");
+            rec.warnings.append(&mut warnings);
             Ok((word, a, rec.warnings))
         }
     }

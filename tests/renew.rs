@@ -43,7 +43,7 @@ fn escrow_factory(vault: &Vault, card: &Card, dir: &std::path::Path) {
 /// pivault with the PIN and, for `renew`, the management key given (these tokens keep
 /// no PIN-protected one).
 fn cmd(vault: &Vault, card: &Card, args: &[&str], state: &std::path::Path) -> Command {
-    let mut env = vault.pivault_env();
+    let mut env = run::anchored_env(vault);
     env.push(("PIVAULT_PIN".into(), PIN.into()));
     if args.contains(&"renew") {
         env.push(("PIVAULT_MGMT_KEY".into(), FACTORY_MGM.into()));
@@ -67,7 +67,7 @@ fn enroll(vault: &Vault, card: &Card, ttl: &str) {
 }
 
 fn enroll_as(vault: &Vault, card: &Card, ttl: &str, cn: &str) {
-    let mut env = vault.pivault_env();
+    let mut env = run::anchored_env(vault);
     env.push(("PIVAULT_PIN".into(), PIN.into()));
     let c = run::enroll_cmd(
         card,
@@ -126,7 +126,7 @@ fn puk_works(card: &Card, puk: &str) -> bool {
 }
 
 fn unblock_cmd(vault: &Vault, card: &Card, new_pin: &str) -> Command {
-    let mut env = vault.pivault_env();
+    let mut env = run::anchored_env(vault);
     env.push(("PIVAULT_NEW_PIN".into(), new_pin.into()));
     let mut c = pivault(&env);
     c.args([
@@ -236,7 +236,7 @@ fn renewal_never_falls_back_to_the_escrow_record() {
     enroll(&vault, &card, "1h");
     escrow_factory(&vault, &card, dir.path());
     let before = run::piv_tool_read_cert(&card.reader, "9a");
-    let mut env = vault.pivault_env();
+    let mut env = run::anchored_env(&vault);
     env.push(("PIVAULT_PIN".into(), PIN.into()));
     let mut c = pivault(&env);
     c.args([
@@ -444,7 +444,7 @@ fn blocked_pin_is_unblocked_with_the_escrowed_puk_which_is_then_rotated() {
     );
 
     // A trivial PIN is refused before anything happens.
-    let mut env = vault.pivault_env();
+    let mut env = run::anchored_env(&vault);
     env.push(("PIVAULT_NEW_PIN".into(), "111111".into()));
     let mut c = pivault(&env);
     c.args([
@@ -457,7 +457,7 @@ fn blocked_pin_is_unblocked_with_the_escrowed_puk_which_is_then_rotated() {
     let o = run::run(c);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 
-    let mut env = vault.pivault_env();
+    let mut env = run::anchored_env(&vault);
     env.push(("PIVAULT_NEW_PIN".into(), "48291573".into()));
     let mut c = pivault(&env);
     c.args([

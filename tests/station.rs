@@ -67,7 +67,7 @@ fn station_cmd(
     readers: &[&str],
     extra: &[&str],
 ) -> std::process::Command {
-    let mut c = pivault(&vault.pivault_env());
+    let mut c = pivault(&run::anchored_env(vault));
     c.args(["-v", "station", "--profile"]).arg(&s.profile);
     c.arg("--report")
         .arg(&s.report)
@@ -354,7 +354,7 @@ fn aes256_on_firmware_5_4_and_renewal_with_only_the_pin() {
     // PIN-protected store (AES-256).
     let pin = rec["live"]["pin"].as_str().expect("pin").to_string();
     let before = run::piv_tool_read_cert(&card.reader, "9a");
-    let mut env = vault.pivault_env();
+    let mut env = run::anchored_env(&vault);
     env.push(("PIVAULT_PIN".into(), pin));
     let mut c = pivault(&env);
     c.args([
@@ -388,7 +388,7 @@ fn aes256_on_firmware_5_4_and_renewal_with_only_the_pin() {
 fn renew_with_pin(vault: &Vault, s: &Setup, card: &Card, slot: &str) -> Output {
     let rec = escrow(vault, card.serial);
     let pin = rec["live"]["pin"].as_str().expect("pin").to_string();
-    let mut env = vault.pivault_env();
+    let mut env = run::anchored_env(vault);
     env.push(("PIVAULT_PIN".into(), pin));
     let mut c = pivault(&env);
     c.args(["--json", "renew", "--threshold", "400d", "--slot", slot]);

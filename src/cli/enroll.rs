@@ -253,10 +253,17 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         ))
     };
 
+    let anchors_der = issuer.anchors_der()?;
+    if anchors_der.is_empty() {
+        log::warn!(
+            "no trust anchor configured: certificates are checked against the chain Vault \
+             returns; set --trust-anchor or PIVAULT_TRUST_ANCHOR to the PKI's root CA"
+        );
+    }
     let preflight = pivault::workflow::Preflight::default();
     let ctx = Context {
         issuer: &issuer,
-        anchors_der: issuer.anchors_der()?,
+        anchors_der,
         preflight: &preflight,
     };
     let mut progress = Progress {

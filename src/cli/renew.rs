@@ -44,6 +44,14 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     let threshold = a.threshold;
     let only = &a.slots;
     let issuer = connect(cli, &a.vault)?;
+    let anchors_der = issuer.anchors_der()?;
+    if anchors_der.is_empty() {
+        return Err(Error::Config(
+            "renew needs a trust anchor: set --trust-anchor, PIVAULT_TRUST_ANCHOR or \
+             vault.trust_anchor to the PKI's root CA (PEM)"
+                .into(),
+        ));
+    }
     let mut ca_subjects = Vec::new();
     for pem in issuer.client().ca_chain()? {
         for der in pivault::verify::pem_bundle_to_der(&pem)
@@ -146,7 +154,7 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     let preflight = Preflight::default();
     let ctx = Context {
         issuer: &issuer,
-        anchors_der: issuer.anchors_der()?,
+        anchors_der,
         preflight: &preflight,
     };
     let outcome = renew::renew(&mut token, &ctx, &todo, &pin, a.reuse_key, &journal)?;

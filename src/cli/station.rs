@@ -34,6 +34,14 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|e| Error::Config(format!("cannot handle signals: {e}")))?;
     }
+    let anchors_der = issuer.anchors_der()?;
+    if anchors_der.is_empty() {
+        return Err(Error::Config(
+            "the station needs a trust anchor: set --trust-anchor, PIVAULT_TRUST_ANCHOR or \
+             vault.trust_anchor to the PKI's root CA (PEM)"
+                .into(),
+        ));
+    }
     let st = Station {
         issuer: &issuer,
         escrow: Escrow {
@@ -43,7 +51,7 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
         profile,
         allow,
         journal: Journal::new(&journal_dir),
-        anchors_der: issuer.anchors_der()?,
+        anchors_der,
         ca_chain_der,
         force: a.force,
         preflight: Default::default(),

@@ -1,5 +1,9 @@
-//! [`PivToken`] over PC/SC with the `yubikey` crate. The only module that names
-//! `yubikey` or `pcsc`.
+//! [`PivToken`] over PC/SC with the `yubikey` crate. With `readers.rs`, the only module
+//! that names `yubikey` or `pcsc`.
+//!
+//! Over 500 lines on purpose: it is the one adapter from the trait to the crate (status
+//! words to `TokenError`, the ADMIN DATA / PRINTED objects, CHUID/CCC layouts); splitting
+//! it would spread the crate's names over several files.
 
 use super::{
     Algorithm, CredentialDefaults, FirmwareVersion, MgmAlgorithm, MgmKeyState, PinPolicy, PivToken,

@@ -3,9 +3,9 @@
 use super::report::TokenLine;
 use super::Station;
 use crate::error::Error;
+use crate::piv::readers::{ReaderEvent, Watcher};
 use crate::piv::yubikey::{Selector, YubiKeyToken};
 use crate::piv::PivToken;
-use crate::readers::{ReaderEvent, Watcher};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,10 +45,22 @@ pub fn run(
 ) -> Result<Summary, Error> {
     let mut watcher = Watcher::new()?;
     let mut summary = Summary::default();
-    std::thread::scope(|s| -> Result<(), Error> {
+    let mut failure = None;
+    std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel::<(String, TokenLine)>();
         let mut busy: BTreeSet<String> = BTreeSet::new();
+        // Readers that saw a new insertion while their previous token was worked on.
+        let mut again: BTreeSet<String> = BTreeSet::new();
         let mut last_activity = Instant::now();
+        let spawn = |reader: String, busy: &mut BTreeSet<String>| {
+            on_event(&format!("{reader}: token inserted"));
+            busy.insert(reader.clone());
+            let tx = tx.clone();
+            s.spawn(move || {
+                let line = work_on(st, opts, stop, on_event, &reader);
+                let _ = tx.send((reader, line));
+            });
+        };
         loop {
             let done = stop.load(Ordering::SeqCst)
                 || opts
@@ -60,54 +72,30 @@ pub fn run(
                 break;
             }
             let mine = |r: &str| opts.readers.is_empty() || opts.readers.iter().any(|x| x == r);
-            for ev in watcher.poll(Duration::from_millis(250))? {
+            let events = match watcher.poll(Duration::from_millis(250)) {
+                Ok(ev) => ev,
+                // The tokens in flight are still finished and reported below.
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            for ev in events {
                 match ev {
                     ReaderEvent::Inserted(r) | ReaderEvent::Removed(r) if !mine(&r) => {}
-                    ReaderEvent::Inserted(reader) if !busy.contains(&reader) => {
+                    ReaderEvent::Inserted(reader) if busy.contains(&reader) => {
+                        // Pulled and another (or the same) token inserted while the worker
+                        // still holds the reader: work on it once the worker is done.
+                        again.insert(reader);
+                    }
+                    ReaderEvent::Inserted(reader) => {
                         last_activity = Instant::now();
-                        on_event(&format!("{reader}: token inserted"));
-                        busy.insert(reader.clone());
-                        let tx = tx.clone();
-                        s.spawn(move || {
-                            let line = match YubiKeyToken::open(&Selector {
-                                serial: None,
-                                reader: Some(reader.clone()),
-                            }) {
-                                Ok(mut t) => {
-                                    let serial = t.info().serial;
-                                    on_event(&format!("{reader}: serial {serial} working"));
-                                    let t0 = Instant::now();
-                                    loop {
-                                        let line = st.process(&mut t);
-                                        // Vault away: the token waits in its reader and the
-                                        // work resumes (journal + record) when it is back.
-                                        if !line.vault_unavailable
-                                            || stop.load(Ordering::SeqCst)
-                                            || t0.elapsed() >= opts.vault_wait
-                                        {
-                                            break line;
-                                        }
-                                        on_event(&format!(
-                                            "{reader}: serial {serial} waiting for Vault: {}",
-                                            line.error.as_deref().unwrap_or("unavailable")
-                                        ));
-                                        std::thread::sleep(Duration::from_secs(2));
-                                    }
-                                }
-                                Err(e) => {
-                                    let mut l = TokenLine::new(None, &reader);
-                                    l.error = Some(e.to_string());
-                                    l
-                                }
-                            };
-                            let _ = tx.send((reader, line));
-                        });
+                        spawn(reader, &mut busy);
                     }
                     ReaderEvent::Removed(reader) => {
                         last_activity = Instant::now();
                         on_event(&format!("{reader}: token removed"));
                     }
-                    ReaderEvent::Inserted(_) => {}
                 }
             }
             while let Ok((reader, line)) = rx.try_recv() {
@@ -115,6 +103,9 @@ pub fn run(
                 last_activity = Instant::now();
                 summary.count(&line);
                 on_line(&line);
+                if again.remove(&reader) && watcher.present(&reader) {
+                    spawn(reader, &mut busy);
+                }
             }
         }
         // Finish the tokens in flight.
@@ -129,10 +120,64 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        Ok(())
-    })?;
-    Ok(summary)
+    });
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(summary),
+    }
 }
+
+/// Open the token just inserted in `reader` and work on it. Opening is retried for a few
+/// seconds: right after an insertion (or after another PC/SC client died mid-transaction)
+/// the reader can refuse for a moment.
+fn work_on(
+    st: &Station<'_>,
+    opts: &RunOptions,
+    stop: &AtomicBool,
+    on_event: &(dyn Fn(&str) + Sync),
+    reader: &str,
+) -> TokenLine {
+    let sel = Selector {
+        serial: None,
+        reader: Some(reader.to_string()),
+    };
+    let t0 = Instant::now();
+    let mut token = loop {
+        match YubiKeyToken::open(&sel) {
+            Ok(t) => break t,
+            Err(e) if t0.elapsed() < OPEN_RETRY && !stop.load(Ordering::SeqCst) => {
+                log::info!("{reader}: cannot open the token yet ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                let mut l = TokenLine::new(None, reader);
+                l.error = Some(e.to_string());
+                return l;
+            }
+        }
+    };
+    let serial = token.info().serial;
+    on_event(&format!("{reader}: serial {serial} working"));
+    let t0 = Instant::now();
+    loop {
+        let line = st.process(&mut token);
+        // Vault away: the token waits in its reader and the work resumes (journal +
+        // record, a pending credential change first) when it is back. A request whose
+        // answer was lost is not retried here: it is "in doubt", reported by `process`.
+        if !line.vault_unavailable || stop.load(Ordering::SeqCst) || t0.elapsed() >= opts.vault_wait
+        {
+            return line;
+        }
+        on_event(&format!(
+            "{reader}: serial {serial} waiting for Vault: {}",
+            line.error.as_deref().unwrap_or("unavailable")
+        ));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// How long a just-inserted token may refuse to open before it is reported failed.
+const OPEN_RETRY: Duration = Duration::from_secs(5);
 
 impl Summary {
     fn count(&mut self, l: &TokenLine) {

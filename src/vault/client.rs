@@ -1,12 +1,13 @@
-//! The client: login and token upkeep, and the contract's endpoints on top of `transport`.
+//! The client: login and token upkeep, authenticated requests, input checks. The
+//! contract's endpoints are in `endpoints.rs`, the reading of answers in `answers.rs`.
 
+use super::answers::{self, AuthData, MAX_LEASE_SECS};
 use super::error::{from_response, ErrCtx, ReqKind, VaultError};
-use super::transport::{Answer, Http, Payload, Request, SecretBuf, TlsSettings};
-use super::{AppRoleCreds, Health, KvMeta, SignRequest, SignedCert, Stats, VaultConfig};
+use super::transport::{Answer, Http, Payload, Repeat, Request, SecretBuf, TlsSettings};
+use super::{AppRoleCreds, Stats, VaultConfig};
 use crate::secret::VaultToken;
 use reqwest::Method;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -16,13 +17,13 @@ use std::time::{Duration, Instant};
 /// counters); `Send + Sync`.
 #[derive(Clone)]
 pub struct VaultClient {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    http: Http,
-    pki: String,
-    kv: String,
+pub(super) struct Inner {
+    pub(super) http: Http,
+    pub(super) pki: String,
+    pub(super) kv: String,
     approle: String,
     deadline: Duration,
     skip_verify: bool,
@@ -46,12 +47,13 @@ struct TokenState {
 
 impl TokenState {
     fn from_auth(token: VaultToken, lease: u64, renewable: bool, sent: Instant) -> Self {
-        let ttl = Duration::from_secs(lease);
+        let ttl = Duration::from_secs(lease.min(MAX_LEASE_SECS));
         TokenState {
             token,
             ttl,
             // Counted from when the request left, so the estimate errs on the short side.
-            expires: (lease > 0).then(|| sent + ttl),
+            // (`checked_add`: an Instant near its own end must not panic either.)
+            expires: (lease > 0).then(|| sent.checked_add(ttl)).flatten(),
             renewable,
         }
     }
@@ -71,21 +73,6 @@ impl TokenState {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves consistent data here (plain values).
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `auth` of a login or renew-self answer.
-#[derive(Deserialize)]
-struct AuthAnswer {
-    auth: Option<AuthData>,
-}
-
-#[derive(Deserialize)]
-struct AuthData {
-    client_token: String,
-    #[serde(default)]
-    lease_duration: u64,
-    #[serde(default)]
-    renewable: bool,
 }
 
 impl VaultClient {
@@ -134,7 +121,7 @@ impl VaultClient {
         })
     }
 
-    fn deadline(&self) -> Instant {
+    pub(super) fn deadline(&self) -> Instant {
         Instant::now() + self.inner.deadline
     }
 
@@ -195,7 +182,7 @@ impl VaultClient {
                 namespace: true,
                 // A second login after a lost answer costs one token; with single-use
                 // secret_ids it fails as the first would have.
-                idempotent: true,
+                repeat: Repeat::Always,
                 kind: ReqKind::Login,
             },
             deadline,
@@ -226,21 +213,11 @@ impl VaultClient {
             path: path.to_string(),
             detail: detail.to_string(),
         };
-        let parsed: AuthAnswer = serde_json::from_slice(&ans.body)
-            // serde's message may quote the input: say only where it broke.
-            .map_err(|e| {
-                bad(&format!(
-                    "not a Vault auth answer (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ))
-            })?;
-        let auth = parsed.auth.ok_or_else(|| bad("no `auth` in the answer"))?;
         let AuthData {
             client_token,
             lease_duration,
             renewable,
-        } = auth;
+        } = answers::auth(path, &ans.body)?;
         let token = match keep {
             Some(st) => {
                 // Zeroize the copy in the answer; the token is the one we hold.
@@ -328,7 +305,7 @@ impl VaultClient {
                 body: &body,
                 token: Some(&st.token),
                 namespace: true,
-                idempotent: true,
+                repeat: Repeat::Always,
                 kind: ReqKind::Other,
             },
             deadline,
@@ -365,7 +342,7 @@ impl VaultClient {
                 body: &Payload::None,
                 token: Some(token),
                 namespace: true,
-                idempotent: true,
+                repeat: Repeat::Always,
                 kind: ReqKind::Other,
             },
             deadline,
@@ -376,12 +353,12 @@ impl VaultClient {
     /// An authenticated request. A 403 is either the policy or a token Vault no longer
     /// accepts (revoked, lost in a restore); lookup-self tells them apart, and in the
     /// second case the client logs in again and repeats the request once.
-    fn authed(
+    pub(super) fn authed(
         &self,
         method: Method,
         path: &str,
         body: &Payload,
-        idempotent: bool,
+        repeat: Repeat,
         kind: ReqKind,
         deadline: Instant,
     ) -> Result<Answer, VaultError> {
@@ -394,7 +371,7 @@ impl VaultClient {
                     body,
                     token: Some(token),
                     namespace: true,
-                    idempotent,
+                    repeat,
                     kind,
                 },
                 deadline,
@@ -414,7 +391,7 @@ impl VaultClient {
         send(&token)
     }
 
-    fn error(&self, path: &str, kind: ReqKind, ans: &Answer) -> VaultError {
+    pub(super) fn error(&self, path: &str, kind: ReqKind, ans: &Answer) -> VaultError {
         from_response(
             ErrCtx {
                 path,
@@ -425,300 +402,6 @@ impl VaultClient {
             ans.status,
             &ans.body,
         )
-    }
-
-    /// `sys/health`, without the namespace header (Vault refuses it there). Sealed and
-    /// standby nodes answer too: see the fields.
-    pub fn health(&self) -> Result<Health, VaultError> {
-        let path = "sys/health";
-        let ans = self.inner.http.send(
-            &Request {
-                method: Method::GET,
-                path,
-                // Every state answers 200, so that the state is data, not an error.
-                query: "standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200",
-                body: &Payload::None,
-                token: None,
-                namespace: false,
-                idempotent: true,
-                kind: ReqKind::Other,
-            },
-            self.deadline(),
-        )?;
-        if ans.status != 200 {
-            return Err(self.error(path, ReqKind::Other, &ans));
-        }
-        #[derive(Deserialize)]
-        struct H {
-            #[serde(default)]
-            initialized: bool,
-            #[serde(default)]
-            sealed: bool,
-            #[serde(default)]
-            standby: bool,
-            #[serde(default)]
-            performance_standby: bool,
-            #[serde(default)]
-            version: String,
-            cluster_name: Option<String>,
-        }
-        let h: H = serde_json::from_slice(&ans.body).map_err(|e| VaultError::BadResponse {
-            path: path.into(),
-            detail: format!("not a health answer: {e}"),
-        })?;
-        Ok(Health {
-            initialized: h.initialized,
-            sealed: h.sealed,
-            standby: h.standby,
-            performance_standby: h.performance_standby,
-            version: h.version,
-            cluster_name: h.cluster_name,
-            addr: ans.addr,
-        })
-    }
-
-    /// Pre-flight before touching a token: logged in (or can log in), the policy allows
-    /// `<pki>/sign/<role>` and the role exists — without issuing anything.
-    ///
-    /// The contract policy grants no read on `<pki>/roles/*` and no `sys/capabilities-self`,
-    /// so the check is a sign request with an empty CSR: Vault's ACL answers 403 first, then
-    /// the PKI backend looks the role up ("unknown role: x", 400) before it parses the CSR
-    /// ("\"csr\" is empty", 400). Nothing is issued or stored; the audit log shows one
-    /// refused request.
-    pub fn check_sign_access(&self, role: &str) -> Result<(), VaultError> {
-        check_name("PKI role", role)?;
-        let path = format!("{}/sign/{role}", self.inner.pki);
-        let body = Payload::Json(br#"{"csr":""}"#.to_vec());
-        let ans = self.authed(
-            Method::POST,
-            &path,
-            &body,
-            true,
-            ReqKind::Sign,
-            self.deadline(),
-        )?;
-        match ans.status {
-            200..=299 => Ok(()),
-            400 => match self.error(&path, ReqKind::Sign, &ans) {
-                e @ VaultError::UnknownRole { .. } => Err(e),
-                // Any other 400 comes from the role's own handler: the role exists.
-                _ => Ok(()),
-            },
-            _ => Err(self.error(&path, ReqKind::Sign, &ans)),
-        }
-    }
-
-    /// Have Vault sign a CSR with `<pki>/sign/<role>`. Not repeated after a timeout or a
-    /// lost connection (a repeat would issue a second certificate): that comes back as
-    /// [`VaultError::Timeout`] / [`VaultError::ConnectionLost`].
-    pub fn sign(&self, role: &str, req: &SignRequest) -> Result<SignedCert, VaultError> {
-        check_name("PKI role", role)?;
-        if !req.csr_pem.contains("-----BEGIN CERTIFICATE REQUEST-----") {
-            return Err(VaultError::InvalidInput(
-                "the CSR is not a PEM certificate request".into(),
-            ));
-        }
-        if let Some(bad) = req
-            .alt_names
-            .iter()
-            .find(|n| n.contains(',') || n.is_empty())
-        {
-            return Err(VaultError::InvalidInput(format!(
-                "alt name '{bad}' is empty or holds a comma (Vault splits alt_names on commas)"
-            )));
-        }
-        #[derive(Serialize)]
-        struct SignBody<'a> {
-            csr: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            common_name: Option<&'a str>,
-            #[serde(skip_serializing_if = "String::is_empty")]
-            alt_names: String,
-            #[serde(skip_serializing_if = "<[String]>::is_empty")]
-            other_sans: &'a [String],
-            #[serde(skip_serializing_if = "<[String]>::is_empty")]
-            uri_sans: &'a [String],
-            #[serde(skip_serializing_if = "Option::is_none")]
-            ttl: Option<&'a str>,
-            format: &'static str,
-        }
-        let body = serde_json::to_vec(&SignBody {
-            csr: &req.csr_pem,
-            common_name: req.common_name.as_deref(),
-            alt_names: req.alt_names.join(","),
-            other_sans: &req.other_sans,
-            uri_sans: &req.uri_sans,
-            ttl: req.ttl.as_deref(),
-            format: "pem",
-        })
-        .map_err(|e| VaultError::InvalidInput(format!("sign request: {e}")))?;
-        let path = format!("{}/sign/{role}", self.inner.pki);
-        let ans = self.authed(
-            Method::POST,
-            &path,
-            &Payload::Json(body),
-            false,
-            ReqKind::Sign,
-            self.deadline(),
-        )?;
-        if ans.status != 200 {
-            return Err(self.error(&path, ReqKind::Sign, &ans));
-        }
-        parse_signed(&path, &ans.body)
-    }
-
-    /// The PKI mount's CA chain, issuing CA first: `<pki>/cert/ca_chain` (PKI serves it
-    /// without a token), else `<pki>/cert/ca` (the issuing CA alone; in the policy).
-    pub fn ca_chain(&self) -> Result<Vec<String>, VaultError> {
-        let deadline = self.deadline();
-        let get = |path: &str| {
-            self.inner.http.send(
-                &Request {
-                    method: Method::GET,
-                    path,
-                    query: "",
-                    body: &Payload::None,
-                    token: None,
-                    namespace: true,
-                    idempotent: true,
-                    kind: ReqKind::Other,
-                },
-                deadline,
-            )
-        };
-        let path = format!("{}/cert/ca_chain", self.inner.pki);
-        let ans = get(&path)?;
-        if ans.status == 200 {
-            let chain = parse_ca(&path, &ans.body)?;
-            if !chain.is_empty() {
-                return Ok(chain);
-            }
-        } else if !matches!(ans.status, 403..=405) {
-            return Err(self.error(&path, ReqKind::Other, &ans));
-        }
-        let path = format!("{}/cert/ca", self.inner.pki);
-        let ans = get(&path)?;
-        if ans.status != 200 {
-            return Err(self.error(&path, ReqKind::Other, &ans));
-        }
-        let chain = parse_ca(&path, &ans.body)?;
-        if chain.is_empty() {
-            return Err(VaultError::BadResponse {
-                path,
-                detail: "no CA certificate in the answer".into(),
-            });
-        }
-        Ok(chain)
-    }
-
-    /// Read the newest version of KV v2 record `key` under the KV mount. `None` when there is
-    /// none (never written, or its newest version deleted).
-    pub fn kv_read<T: DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<(T, KvMeta)>, VaultError> {
-        check_path("KV key", key)?;
-        let path = format!("{}/data/{key}", self.inner.kv);
-        let ans = self.authed(
-            Method::GET,
-            &path,
-            &Payload::None,
-            true,
-            ReqKind::Other,
-            self.deadline(),
-        )?;
-        match ans.status {
-            200 => {}
-            // KV's own "not found" has an empty error list; a missing namespace or mount says
-            // so in `errors`.
-            404 if super::error::error_messages(&ans.body).is_empty() => return Ok(None),
-            _ => return Err(self.error(&path, ReqKind::Other, &ans)),
-        }
-        #[derive(Deserialize)]
-        #[serde(bound = "T: DeserializeOwned")]
-        struct R<T> {
-            data: D<T>,
-        }
-        #[derive(Deserialize)]
-        #[serde(bound = "T: DeserializeOwned")]
-        struct D<T> {
-            data: Option<T>,
-            metadata: M,
-        }
-        #[derive(Deserialize)]
-        struct M {
-            version: u64,
-        }
-        let r: R<T> = serde_json::from_slice(&ans.body).map_err(|e| VaultError::BadResponse {
-            path: path.clone(),
-            // Never quote the payload: position only.
-            detail: format!(
-                "KV answer does not fit the expected type (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
-        })?;
-        Ok(r.data.data.map(|d| {
-            (
-                d,
-                KvMeta {
-                    version: r.data.metadata.version,
-                },
-            )
-        }))
-    }
-
-    /// Write KV v2 record `key`. `cas`: `Some(0)` creates only if absent, `Some(v)` replaces
-    /// only version `v` ([`VaultError::CasMismatch`] otherwise), `None` writes regardless.
-    /// Not repeated after a lost connection (the write may have happened).
-    pub fn kv_write<T: Serialize>(
-        &self,
-        key: &str,
-        data: &T,
-        cas: Option<u64>,
-    ) -> Result<KvMeta, VaultError> {
-        check_path("KV key", key)?;
-        #[derive(Serialize)]
-        struct Opts {
-            cas: u64,
-        }
-        #[derive(Serialize)]
-        struct W<'a, T> {
-            data: &'a T,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            options: Option<Opts>,
-        }
-        let mut buf = SecretBuf::with_capacity(1024);
-        serde_json::to_writer(
-            &mut buf,
-            &W {
-                data,
-                options: cas.map(|cas| Opts { cas }),
-            },
-        )
-        .map_err(|e| VaultError::InvalidInput(format!("KV data for {key}: {e}")))?;
-        let body = Payload::Secret(Arc::new(buf.into_inner()));
-        let path = format!("{}/data/{key}", self.inner.kv);
-        let kind = ReqKind::KvWrite { cas };
-        let ans = self.authed(Method::POST, &path, &body, false, kind, self.deadline())?;
-        if ans.status != 200 {
-            return Err(self.error(&path, kind, &ans));
-        }
-        #[derive(Deserialize)]
-        struct R {
-            data: M,
-        }
-        #[derive(Deserialize)]
-        struct M {
-            version: u64,
-        }
-        let r: R = serde_json::from_slice(&ans.body).map_err(|e| VaultError::BadResponse {
-            path,
-            detail: format!("not a KV v2 write answer: {e}"),
-        })?;
-        Ok(KvMeta {
-            version: r.data.version,
-        })
     }
 
     /// Time left on the current token; `None` when not logged in or it does not expire.
@@ -762,7 +445,7 @@ impl fmt::Debug for VaultClient {
 }
 
 /// A single path segment (role name): no `/`, not `.`/`..`, no control characters.
-fn check_name(what: &str, s: &str) -> Result<(), VaultError> {
+pub(super) fn check_name(what: &str, s: &str) -> Result<(), VaultError> {
     if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.chars().any(|c| c.is_control())
     {
         return Err(VaultError::InvalidInput(format!(
@@ -774,7 +457,7 @@ fn check_name(what: &str, s: &str) -> Result<(), VaultError> {
 }
 
 /// A path of one or more segments (mount, KV key).
-fn check_path(what: &str, s: &str) -> Result<(), VaultError> {
+pub(super) fn check_path(what: &str, s: &str) -> Result<(), VaultError> {
     let s = s.trim_matches('/');
     if s.is_empty() {
         return Err(VaultError::InvalidInput(format!("{what} is empty")));
@@ -787,99 +470,10 @@ fn check_path(what: &str, s: &str) -> Result<(), VaultError> {
     Ok(())
 }
 
-fn parse_signed(path: &str, body: &[u8]) -> Result<SignedCert, VaultError> {
-    #[derive(Deserialize)]
-    struct R {
-        data: Option<D>,
-        #[serde(default)]
-        warnings: Option<Vec<String>>,
-    }
-    #[derive(Deserialize)]
-    struct D {
-        certificate: String,
-        #[serde(default)]
-        issuing_ca: String,
-        #[serde(default)]
-        ca_chain: Option<Vec<String>>,
-        #[serde(default)]
-        serial_number: String,
-        #[serde(default)]
-        expiration: i64,
-    }
-    let bad = |detail: String| VaultError::BadResponse {
-        path: path.to_string(),
-        detail,
-    };
-    let r: R = serde_json::from_slice(body).map_err(|e| bad(format!("not a sign answer: {e}")))?;
-    let d = r
-        .data
-        .ok_or_else(|| bad("no `data` in the sign answer".into()))?;
-    if !d.certificate.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(bad("no PEM certificate in the sign answer".into()));
-    }
-    Ok(SignedCert {
-        certificate_pem: d.certificate,
-        issuing_ca_pem: d.issuing_ca,
-        ca_chain_pem: d.ca_chain.unwrap_or_default(),
-        serial_number: d.serial_number,
-        expiration: d.expiration,
-        warnings: r.warnings.unwrap_or_default(),
-    })
-}
-
-/// `data.ca_chain` (a PEM string or a list) or `data.certificate`, split into certificates.
-fn parse_ca(path: &str, body: &[u8]) -> Result<Vec<String>, VaultError> {
-    #[derive(Deserialize)]
-    struct R {
-        data: Option<D>,
-    }
-    #[derive(Deserialize)]
-    struct D {
-        #[serde(default)]
-        ca_chain: Option<serde_json::Value>,
-        #[serde(default)]
-        certificate: Option<String>,
-    }
-    let r: R = serde_json::from_slice(body).map_err(|e| VaultError::BadResponse {
-        path: path.to_string(),
-        detail: format!("not a CA answer: {e}"),
-    })?;
-    let Some(d) = r.data else {
-        return Ok(Vec::new());
-    };
-    let text = match d.ca_chain {
-        Some(serde_json::Value::String(s)) => s,
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    };
-    let mut out = split_pem(&text);
-    if out.is_empty() {
-        out = split_pem(d.certificate.as_deref().unwrap_or_default());
-    }
-    Ok(out)
-}
-
-fn split_pem(text: &str) -> Vec<String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(b) = rest.find(BEGIN) {
-        let Some(e) = rest[b..].find(END) else { break };
-        let end = b + e + END.len();
-        out.push(rest[b..end].to_string());
-        rest = &rest[end..];
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vault::SignRequest;
 
     #[test]
     fn names_and_paths() {
@@ -905,47 +499,6 @@ mod tests {
         assert!(st.is_expired(t0 + Duration::from_secs(30)));
         let forever = TokenState::from_auth(VaultToken::new("root"), 0, false, t0);
         assert!(forever.is_fresh(t0 + Duration::from_secs(1 << 30)));
-    }
-
-    #[test]
-    fn sign_answer_is_parsed() {
-        let body = br#"{"request_id":"x","data":{"certificate":"-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----","issuing_ca":"I","ca_chain":["I","R"],"serial_number":"4c:c6","expiration":1790000000,"not_before":1},"warnings":["ttl shortened"]}"#;
-        let s = parse_signed("pki/sign/x", body).expect("parsed");
-        assert_eq!(s.ca_chain_pem, vec!["I".to_string(), "R".to_string()]);
-        assert_eq!(s.serial_number, "4c:c6");
-        assert_eq!(s.expiration, 1_790_000_000);
-        assert_eq!(s.warnings, vec!["ttl shortened".to_string()]);
-        let no_warn = br#"{"data":{"certificate":"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----"},"warnings":null}"#;
-        assert!(parse_signed("p", no_warn)
-            .expect("parsed")
-            .warnings
-            .is_empty());
-        assert!(parse_signed("p", br#"{"data":null}"#).is_err());
-        assert!(parse_signed("p", b"<html>").is_err());
-    }
-
-    #[test]
-    fn ca_answers_as_string_or_list() {
-        let a = "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----";
-        let b = "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----";
-        let as_string =
-            serde_json::json!({"data": {"ca_chain": format!("{a}\n{b}\n"), "certificate": a}});
-        assert_eq!(
-            parse_ca("p", as_string.to_string().as_bytes()).expect("ok"),
-            vec![a.to_string(), b.to_string()]
-        );
-        let as_list = serde_json::json!({"data": {"ca_chain": [a, b]}});
-        assert_eq!(
-            parse_ca("p", as_list.to_string().as_bytes())
-                .expect("ok")
-                .len(),
-            2
-        );
-        let only_cert = serde_json::json!({"data": {"certificate": a}});
-        assert_eq!(
-            parse_ca("p", only_cert.to_string().as_bytes()).expect("ok"),
-            vec![a.to_string()]
-        );
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //!
 //! The mapping from an HTTP answer to a variant is a pure function ([`from_response`]) so
 //! that it is unit-tested against the answers recorded in `openbao-facts.md`.
+//! (Over 500 lines: the last ~200 are those unit tests.)
 
-use std::time::Duration;
+use crate::text::sanitize;
+use std::time::{Duration, SystemTime};
 
 /// An error from [`VaultClient`](super::VaultClient). Display is one line naming what was
 /// refused; [`VaultError::hint`] says what to do about it. No variant carries a token,
-/// secret_id or KV payload.
+/// secret_id or KV payload, and every text that came from the server has its control
+/// characters escaped ([`crate::text::sanitize`]), so an error can be printed as it is.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     /// 403: the token's policy does not allow the path (the token itself was checked and is
@@ -71,6 +74,39 @@ pub enum VaultError {
         cas_text(expected)
     )]
     CasMismatch { key: String, expected: Option<u64> },
+    /// A 307/308 pointed at an address that is not one of the configured ones. Not
+    /// followed: the request would carry the token (and a secret_id or KV data) there.
+    #[error(
+        "Vault at {from} redirected {path} to {to}, which is not a configured Vault address; \
+         not followed"
+    )]
+    RedirectRefused {
+        path: String,
+        /// `scheme://host:port` that answered the redirect.
+        from: String,
+        /// `scheme://host:port` it pointed at.
+        to: String,
+    },
+    /// The request may have been carried out, but no usable answer came back: the
+    /// connection broke or timed out after the request was sent, or a 5xx came that Vault
+    /// can give after acting (a storage write failing, a proxy timing out), or a `sign`
+    /// answered 200 with a body that cannot be read. Only requests that must not be made
+    /// twice end like this — a `sign` (a second one would issue a second certificate), and
+    /// a KV check-and-set write whose retry found the record changed (possibly by the
+    /// first attempt). Never retried; never "transient": record it, then find out (the
+    /// certificate list or audit log for a sign; read the record back for a KV write).
+    #[error("{path} at {addr} may have been carried out, but no usable answer came back: {cause}")]
+    InDoubt {
+        /// API path, e.g. `pki/sign/yubikey-piv-auth` or `yubikeys/data/12345678`.
+        path: String,
+        /// `scheme://host:port` the request was last sent to.
+        addr: String,
+        /// When the request that may have been carried out was sent (this machine's clock).
+        sent_at: SystemTime,
+        /// What happened: `Timeout`, `ConnectionLost`, `Unavailable` (5xx), `BadResponse`,
+        /// or `CasMismatch` (a KV write's retry).
+        cause: Box<VaultError>,
+    },
     /// An answer that does not fit Vault's API (not JSON, fields missing, too large).
     #[error("unexpected answer from Vault for {path}: {detail}")]
     BadResponse { path: String, detail: String },
@@ -137,9 +173,16 @@ impl VaultError {
         )
     }
 
+    /// The request may have been carried out (see [`VaultError::InDoubt`]): record it, never
+    /// repeat it automatically.
+    pub fn is_in_doubt(&self) -> bool {
+        matches!(self, VaultError::InDoubt { .. })
+    }
+
     /// The HTTP status behind the error, when Vault answered.
     pub fn status(&self) -> Option<u16> {
         Some(match self {
+            VaultError::InDoubt { cause, .. } => return cause.status(),
             VaultError::PermissionDenied { .. } => 403,
             VaultError::InvalidCredentials { .. }
             | VaultError::UnknownRole { .. }
@@ -219,6 +262,21 @@ impl VaultError {
                 "another run changed this token's record at the same time; run again".into()
             }
             VaultError::NotLoggedIn => "log in with the AppRole first".into(),
+            VaultError::RedirectRefused { to, .. } => format!(
+                "if {to} is a node of this Vault cluster, add it to the configured addresses \
+                 (vault.addrs / VAULT_ADDR): pivault sends the token and secrets nowhere else"
+            ),
+            VaultError::InDoubt { path, .. } if path.contains("/sign/") => {
+                "Vault may have issued a certificate: it is not requested again automatically; \
+                 look for it in Vault's certificate list or audit log before enrolling this \
+                 slot again"
+                    .into()
+            }
+            VaultError::InDoubt { .. } => {
+                "the first attempt's answer was lost: read the record back; if it holds what \
+                 was written, the write succeeded"
+                    .into()
+            }
             VaultError::BadResponse { .. }
             | VaultError::Config(_)
             | VaultError::InvalidInput(_) => return None,
@@ -316,6 +374,7 @@ pub(crate) enum ReqKind {
 
 /// Vault's `{"errors": [...]}`, or the body's first line when it is not JSON (a proxy, or Go's
 /// "Client sent an HTTP request to an HTTPS server.").
+/// Each message is passed through [`sanitize`]: it will be printed.
 pub(crate) fn error_messages(body: &[u8]) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Errors {
@@ -327,15 +386,20 @@ pub(crate) fn error_messages(body: &[u8]) -> Vec<String> {
             .errors
             .unwrap_or_default()
             .into_iter()
-            .map(|m| tidy(&m))
+            .take(MAX_MESSAGES)
+            .map(|m| sanitize(&tidy(&m)))
             .collect(),
         Err(_) => {
             let text = String::from_utf8_lossy(body);
             let line = text.lines().map(str::trim).find(|l| !l.is_empty());
-            line.map(|l| vec![truncate(l, 200)]).unwrap_or_default()
+            line.map(|l| vec![sanitize(&truncate(l, 200))])
+                .unwrap_or_default()
         }
     }
 }
+
+/// Vault sends one message per error; more than this is not Vault talking.
+pub(crate) const MAX_MESSAGES: usize = 16;
 
 /// Go's multierror wraps one message as "1 error occurred:\n\t* permission denied\n\n".
 fn tidy(m: &str) -> String {

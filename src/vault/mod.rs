@@ -20,8 +20,12 @@
 //!   store; TLS-skip only when configured, with a loud warning each time a client is built
 //!   and at each login;
 //! - a timeout on every request and a deadline on every operation; retries with backoff only
-//!   for transient failures, failover across addresses, 307 followed with the body (see
-//!   `transport.rs`);
+//!   for transient failures, failover across addresses, 307 followed with the body but only
+//!   to a configured address; a `sign` is never sent twice once it may have reached Vault
+//!   ([`VaultError::InDoubt`]) (see `transport.rs`);
+//! - every text from the server that can reach a person (error messages, warnings) has its
+//!   control characters escaped ([`crate::text::sanitize`]); integers from answers are
+//!   bounded (token lifetime, KV version, expiration) so that no arithmetic overflows;
 //! - one login, then the token is reused and renewed when less than a third of its TTL is
 //!   left, with a new login if renewal fails;
 //! - secrets (secret_id, token, KV data) live in zeroizing buffers, never in `Debug`,
@@ -30,8 +34,11 @@
 //!   [`VaultConfig`]. (reqwest's proxy detection is off; with no CA bundle rustls loads the
 //!   system store, which honours `SSL_CERT_FILE`.)
 
+mod answers;
 mod client;
+mod endpoints;
 mod error;
+mod policy;
 mod transport;
 
 pub use client::VaultClient;
@@ -136,7 +143,6 @@ pub struct SignRequest {
     /// `<oid>;UTF8:<value>`, e.g. a UPN `1.3.6.1.4.1.311.20.2.3;UTF8:jane@example.com`. Vault
     /// merges these with an otherName already in the CSR: put a UPN in one place only.
     pub other_sans: Vec<String>,
-    pub uri_sans: Vec<String>,
     /// Vault duration ("8760h"); above the role's max_ttl Vault shortens it with a warning.
     pub ttl: Option<String>,
 }
@@ -150,9 +156,10 @@ pub struct SignedCert {
     pub ca_chain_pem: Vec<String>,
     /// Colon-separated hex, as Vault writes it ("4c:c6:…").
     pub serial_number: String,
-    /// notAfter, Unix seconds.
+    /// notAfter, Unix seconds, clamped to [0, 253402300799] (year 9999).
     pub expiration: i64,
-    /// Vault's warnings (TTL shortened, JSON names ignored, ...).
+    /// Vault's warnings (TTL shortened, JSON names ignored, ...), control characters
+    /// escaped ([`crate::text::sanitize`]): safe to print.
     pub warnings: Vec<String>,
 }
 

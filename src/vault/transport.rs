@@ -1,21 +1,46 @@
 //! HTTP to Vault: TLS policy, headers, timeouts, the retry loop, redirects, failover.
+//! (About 500 lines, a tenth of them these docs: the retry loop and the redirect rules it
+//! follows belong in one place. The rules as pure functions are in `policy.rs`.)
 //!
 //! One `reqwest::blocking::Client` (a keep-alive pool over rustls) serves every request:
 //! a client that keeps its connection signs ~4× faster than one that reconnects
 //! (openbao-facts.md, "Speed").
 //!
 //! Retry rules, from what an HA cluster does (openbao-facts.md, "HA behaviour"):
-//! - an answer of 429/5xx (standby, sealed, no leader) and a failed connection are retried,
-//!   on the next configured address, with exponential backoff and jitter once every address
-//!   was tried, until the operation's deadline;
-//! - a timeout or a connection lost after the request was sent is retried only for requests
-//!   that are safe to repeat: a second `sign` would issue a second certificate;
+//! - a failed connection (nothing was sent) is retried on the next configured address, with
+//!   exponential backoff and jitter once every address was tried, until the operation's
+//!   deadline;
 //! - sealed on every address stops at once: unsealing needs a person, waiting does not help;
 //! - 307/308 is followed by hand (reqwest's policy would drop the body), with the same
 //!   method, body and headers (token, namespace), at most [`MAX_REDIRECTS`] hops, never
-//!   from https to http.
+//!   from https to http, and **only to a configured address** (same scheme, host and port as
+//!   one of them): anywhere else would receive the token and the body (a secret_id, KV
+//!   data). Such a redirect ends the call with [`VaultError::RedirectRefused`].
+//!
+//! What else is retried depends on [`Repeat`]:
+//! - [`Repeat::Always`] (login, reads, the pre-flight, KV writes): also 429/5xx, timeouts and
+//!   connections lost after sending. A KV check-and-set write that was carried out once
+//!   fails its repeat with a CAS mismatch; after a lost answer that comes back as
+//!   [`VaultError::InDoubt`] (see `client.rs`), so the caller reads the record back.
+//! - [`Repeat::BeforeActing`] (`sign`: a second one issues a second certificate): only what
+//!   is known to come before Vault acted — a failed connection, "sealed", and the 5xx that
+//!   OpenBao answers before it routes a request to a backend (OpenBao `http/handler.go`:
+//!   `handleRequestForwarding` 500 "local node not active but active cluster node not
+//!   found"; `respondStandby` 503 "no active Vault instance found" / "node is not active";
+//!   the seal check, 503 "Vault is sealed"). A timeout or a lost connection after sending,
+//!   and every other 5xx (a 500 can follow a certificate issued but not stored; a proxy's
+//!   502/504 can follow a request passed on), end the call with [`VaultError::InDoubt`].
+//!   Such requests carry `X-Vault-No-Request-Forwarding: true`: a standby then answers 307
+//!   to the leader without forwarding. Without it, a standby whose forwarded request
+//!   failed *after* the leader took it falls back to a 307 too (`forwardRequest` →
+//!   `respondStandby`), and following that 307 would sign twice. The cost: a standby's
+//!   leader must be among the configured addresses for a sign to get through it.
 
 use super::error::{from_response, is_transient_status, ErrCtx, ReqKind, VaultError};
+use super::policy::{
+    api_url, backoff, chain, classify, is_loopback, may_have_acted, origin, redact_url,
+    redirect_target, should_retry,
+};
 use crate::secret::VaultToken;
 use reqwest::blocking::{Body, Client, Response};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION};
@@ -23,19 +48,17 @@ use reqwest::Method;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Redirect hops followed for one attempt (standby → leader needs one).
 pub(crate) const MAX_REDIRECTS: usize = 3;
-/// Answers larger than this are refused: Vault's are a few KiB.
-const MAX_BODY: usize = 4 << 20;
+/// Answers larger than this are refused: Vault's are a few KiB (a sign answer with its
+/// chain ~5 KiB, a KV record well under 1 KiB).
+pub(crate) const MAX_BODY: usize = 1 << 20;
 /// Below this much time left, another attempt cannot succeed.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
-/// Backoff: first delay, and the ceiling.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A request body.
 pub(crate) enum Payload {
@@ -59,9 +82,24 @@ pub(crate) struct Request<'a> {
     pub token: Option<&'a VaultToken>,
     /// Send `X-Vault-Namespace` (everything but `sys/health`, which refuses it with 400).
     pub namespace: bool,
-    /// Safe to repeat after a timeout or a lost connection.
-    pub idempotent: bool,
+    pub repeat: Repeat,
     pub kind: ReqKind,
+}
+
+/// When a request may be sent again after a failure (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// After any transient failure: doing it twice does no harm.
+    Always,
+    /// Only after failures known to come before Vault acted; otherwise
+    /// [`VaultError::InDoubt`].
+    BeforeActing,
+}
+
+/// An earlier attempt of this call that may have been carried out.
+pub(crate) struct Doubt {
+    pub addr: String,
+    pub sent_at: SystemTime,
 }
 
 /// Vault's answer: status, body (zeroized on drop: it may hold a token or KV data), and the
@@ -70,6 +108,11 @@ pub(crate) struct Answer {
     pub status: u16,
     pub body: Zeroizing<Vec<u8>>,
     pub addr: String,
+    /// When the request that got this answer was sent.
+    pub sent_at: SystemTime,
+    /// An earlier attempt of the same call may have been carried out (its answer was lost);
+    /// only for [`Repeat::Always`] requests.
+    pub doubt: Option<Doubt>,
 }
 
 pub(crate) struct Http {
@@ -192,29 +235,56 @@ impl Http {
         let mut sealed = vec![false; n];
         let mut attempt: u32 = 0;
         let started = Instant::now();
+        let mut doubt: Option<Doubt> = None;
         loop {
             let idx = (first + attempt as usize) % n;
             let base = &self.addrs[idx];
-            let result = self.attempt(base, req, deadline).map_err(|e| match e {
+            let mut last_sent = None;
+            let result = self.attempt(base, req, deadline, &mut last_sent);
+            let (err, sent) = match result {
+                Ok(mut ans) if !is_transient_status(ans.status) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    ans.doubt = doubt;
+                    return Ok(ans);
+                }
+                Ok(ans) => (
+                    from_response(self.ctx(req, &ans.addr), ans.status, &ans.body),
+                    Some((ans.addr, ans.sent_at)),
+                ),
+                Err(e) => (e, last_sent),
+            };
+            // Whether this attempt may have been carried out: something was sent, and the
+            // failure is one that can come after Vault acted.
+            let acted = match &sent {
+                Some(s) if may_have_acted(&err) => Some(s.clone()),
+                _ => None,
+            };
+            let err = match err {
                 // The deadline ran out before an attempt could start: say how long we tried.
                 VaultError::Timeout { path, after } if after.is_zero() => VaultError::Timeout {
                     path,
                     after: started.elapsed(),
                 },
                 e => e,
-            });
-            let err = match result {
-                Ok(ans) if !is_transient_status(ans.status) => {
-                    self.preferred.store(idx, Ordering::Relaxed);
-                    return Ok(ans);
-                }
-                Ok(ans) => from_response(self.ctx(req, &ans.addr), ans.status, &ans.body),
-                Err(e) => e,
             };
+            if let Some((addr, sent_at)) = acted {
+                match req.repeat {
+                    Repeat::BeforeActing => {
+                        return Err(VaultError::InDoubt {
+                            path: req.path.to_string(),
+                            addr,
+                            sent_at,
+                            cause: Box::new(err),
+                        })
+                    }
+                    Repeat::Always if doubt.is_none() => doubt = Some(Doubt { addr, sent_at }),
+                    Repeat::Always => {}
+                }
+            }
             if let VaultError::Sealed { .. } = err {
                 sealed[idx] = true;
             }
-            if !should_retry(&err, req.idempotent, &sealed) {
+            if !should_retry(&err, req.repeat, &sealed) {
                 return Err(err);
             }
             attempt += 1;
@@ -251,12 +321,20 @@ impl Http {
         }
     }
 
-    /// One attempt against `base`, following redirects.
+    /// Whether `u` has the scheme, host and port of a configured address.
+    fn is_configured(&self, u: &Url) -> bool {
+        let o = u.origin();
+        self.addrs.iter().any(|a| a.origin() == o)
+    }
+
+    /// One attempt against `base`, following redirects. `last_sent`: where and when the last
+    /// request of this attempt went out (`None`: nothing was sent).
     fn attempt(
         &self,
         base: &Url,
         req: &Request<'_>,
         deadline: Instant,
+        last_sent: &mut Option<(String, SystemTime)>,
     ) -> Result<Answer, VaultError> {
         let mut url = api_url(base, req.path, req.query)?;
         for _hop in 0..=MAX_REDIRECTS {
@@ -270,6 +348,7 @@ impl Http {
             let timeout = self.request_timeout.min(left);
             let addr = origin(&url);
             let started = Instant::now();
+            let sent_at = SystemTime::now();
             self.requests.fetch_add(1, Ordering::Relaxed);
             let mut rb = self
                 .client
@@ -279,6 +358,7 @@ impl Http {
             if let Some(body) = body_of(req.body) {
                 rb = rb.body(body);
             }
+            *last_sent = Some((addr.clone(), sent_at));
             let resp = rb
                 .send()
                 .map_err(|e| classify(&e, &addr, req.path, timeout))?;
@@ -298,6 +378,13 @@ impl Http {
                             detail,
                         }
                     })?;
+                if !self.is_configured(&next) {
+                    return Err(VaultError::RedirectRefused {
+                        path: req.path.to_string(),
+                        from: addr,
+                        to: origin(&next),
+                    });
+                }
                 // Read the (small) body so the connection goes back to the pool.
                 let _ = read_body(resp, 64 << 10);
                 log::debug!("redirected to {}", redact_url(&next));
@@ -309,7 +396,13 @@ impl Http {
                 path: req.path.to_string(),
                 detail,
             })?;
-            return Ok(Answer { status, body, addr });
+            return Ok(Answer {
+                status,
+                body,
+                addr,
+                sent_at,
+                doubt: None,
+            });
         }
         Err(VaultError::BadResponse {
             path: req.path.to_string(),
@@ -339,6 +432,13 @@ impl Http {
         }
         if !matches!(req.body, Payload::None) {
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if req.repeat == Repeat::BeforeActing {
+            // A standby answers 307 instead of forwarding (module docs).
+            h.insert(
+                "X-Vault-No-Request-Forwarding",
+                HeaderValue::from_static("true"),
+            );
         }
         Ok(h)
     }
@@ -409,7 +509,12 @@ impl std::io::Write for SecretBuf {
     }
 }
 
+/// The body of `resp`, at most `max` bytes: a larger one (announced or sent) is an error,
+/// and the connection is dropped instead of read to its end.
 fn read_body(mut resp: Response, max: usize) -> Result<Zeroizing<Vec<u8>>, String> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("answer larger than {max} bytes; not read"));
+    }
     let hint = resp.content_length().unwrap_or(0).min(max as u64) as usize;
     let mut buf = SecretBuf::with_capacity(hint.max(1024));
     let mut chunk = [0u8; 8192];
@@ -418,7 +523,7 @@ fn read_body(mut resp: Response, max: usize) -> Result<Zeroizing<Vec<u8>>, Strin
             Ok(0) => break Ok(()),
             Ok(n) => {
                 if buf.0.len() + n > max {
-                    break Err(format!("answer larger than {max} bytes"));
+                    break Err(format!("answer larger than {max} bytes; not read"));
                 }
                 buf.extend(&chunk[..n]);
             }
@@ -430,366 +535,9 @@ fn read_body(mut resp: Response, max: usize) -> Result<Zeroizing<Vec<u8>>, Strin
     result.map(|()| buf.into_inner())
 }
 
-/// Whether another attempt may help. `sealed[i]`: address i said "sealed" in this call.
-pub(crate) fn should_retry(err: &VaultError, idempotent: bool, sealed: &[bool]) -> bool {
-    match err {
-        // Nothing reached Vault.
-        VaultError::Connect { .. } => true,
-        // Another node may be unsealed; once every node said sealed, stop.
-        VaultError::Sealed { .. } => !sealed.iter().all(|s| *s),
-        VaultError::Unavailable { .. } => true,
-        // The request may have been carried out.
-        VaultError::Timeout { .. } | VaultError::ConnectionLost { .. } => idempotent,
-        _ => false,
-    }
-}
-
-/// Delay before retry round `round` (1, 2, ...): 100 ms doubling up to 2 s, scaled by a
-/// jitter in [0.5, 1) so that many clients do not hammer a recovering leader in step.
-pub(crate) fn backoff(round: u32, jitter: f64) -> Duration {
-    let exp = round.saturating_sub(1).min(16);
-    let d = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
-    d.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
-/// `base` + `/v1/` + `path` (each segment percent-encoded) + `?query`.
-pub(crate) fn api_url(base: &Url, path: &str, query: &str) -> Result<Url, VaultError> {
-    let mut u = base.clone();
-    {
-        let mut segs = u
-            .path_segments_mut()
-            .map_err(|()| VaultError::Config(format!("'{base}' cannot be a base address")))?;
-        segs.pop_if_empty().push("v1");
-        for s in path.split('/') {
-            segs.push(s);
-        }
-    }
-    u.set_query((!query.is_empty()).then_some(query));
-    u.set_fragment(None);
-    Ok(u)
-}
-
-/// Where a 307/308 points, resolved against the request URL. Refuses a downgrade from
-/// https to http: the token would cross the network in clear.
-pub(crate) fn redirect_target(from: &Url, location: Option<&HeaderValue>) -> Result<Url, String> {
-    let loc = location
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| "redirect without a usable Location header".to_string())?;
-    let to = from
-        .join(loc)
-        .map_err(|e| format!("redirect to an invalid location '{loc}': {e}"))?;
-    if !matches!(to.scheme(), "http" | "https") {
-        return Err(format!("redirect to a non-HTTP location '{}'", origin(&to)));
-    }
-    if from.scheme() == "https" && to.scheme() != "https" {
-        return Err(format!(
-            "refusing a redirect from https to {}: the token would be sent in clear",
-            origin(&to)
-        ));
-    }
-    Ok(to)
-}
-
-/// `scheme://host:port` of a URL.
-pub(crate) fn origin(u: &Url) -> String {
-    u.origin().ascii_serialization()
-}
-
-/// A URL for logs: no query (it never holds secrets today, but costs nothing to drop).
-fn redact_url(u: &Url) -> String {
-    format!("{}{}", origin(u), u.path())
-}
-
-fn is_loopback(u: &Url) -> bool {
-    match u.host() {
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
-/// The error and all its sources, joined.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        src = s.source();
-    }
-    parts.join(": ")
-}
-
-/// Classify a transport error. rustls is not a direct dependency, so a TLS failure is found
-/// by its message anywhere in the source chain ("invalid peer certificate: UnknownIssuer",
-/// "received fatal alert", "corrupt message"): pure text, unit-tested below.
-fn classify(e: &reqwest::Error, addr: &str, path: &str, timeout: Duration) -> VaultError {
-    let mut messages = Vec::new();
-    let mut src: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = src {
-        messages.push(s.to_string());
-        src = s.source();
-    }
-    classify_messages(
-        &messages,
-        e.is_connect(),
-        e.is_timeout(),
-        e.is_builder(),
-        addr,
-        path,
-        timeout,
-    )
-}
-
-pub(crate) fn classify_messages(
-    messages: &[String],
-    is_connect: bool,
-    is_timeout: bool,
-    is_builder: bool,
-    addr: &str,
-    path: &str,
-    timeout: Duration,
-) -> VaultError {
-    let deepest = messages.last().cloned().unwrap_or_default();
-    if let Some(detail) = tls_detail(messages) {
-        return VaultError::Tls {
-            addr: addr.to_string(),
-            detail,
-        };
-    }
-    if is_builder {
-        return VaultError::InvalidInput(deepest);
-    }
-    // A connect timeout is a connect error: nothing was sent, so it is safe to retry.
-    if is_connect {
-        return VaultError::Connect {
-            addr: addr.to_string(),
-            detail: deepest,
-        };
-    }
-    if is_timeout {
-        return VaultError::Timeout {
-            path: path.to_string(),
-            after: timeout,
-        };
-    }
-    VaultError::ConnectionLost {
-        addr: addr.to_string(),
-        path: path.to_string(),
-        detail: deepest,
-    }
-}
-
-fn tls_detail(messages: &[String]) -> Option<String> {
-    // reqwest's outer message quotes the URL, which may contain anything: skip it.
-    for m in messages.iter().rev().filter(|m| !m.contains("for url (")) {
-        let l = m.to_ascii_lowercase();
-        if l.contains("invalidcontenttype") || l.contains("corrupt message") {
-            return Some(format!("the server does not speak TLS ({m})"));
-        }
-        if l.contains("invalid peer certificate")
-            || l.contains("peer sent no certificates")
-            || l.contains("received fatal alert")
-            || l.contains("peer is incompatible")
-            || l.contains("peer misbehaved")
-            || l.contains("tls handshake")
-        {
-            return Some(m.clone());
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn u(s: &str) -> Url {
-        Url::parse(s).expect("url")
-    }
-
-    #[test]
-    fn urls_are_built_per_segment() {
-        let b = u("https://vault.example:8200");
-        assert_eq!(
-            api_url(&b, "pki/sign/yubikey-piv", "")
-                .expect("url")
-                .as_str(),
-            "https://vault.example:8200/v1/pki/sign/yubikey-piv"
-        );
-        // A base with a path prefix (behind a reverse proxy) keeps it.
-        let b = u("https://proxy.example/vault/");
-        assert_eq!(
-            api_url(&b, "sys/health", "standbyok=true")
-                .expect("url")
-                .as_str(),
-            "https://proxy.example/vault/v1/sys/health?standbyok=true"
-        );
-        // Odd characters in a KV key are encoded, not interpreted.
-        let b = u("http://127.0.0.1:8200");
-        assert_eq!(
-            api_url(&b, "kv/data/a b?c#d", "").expect("url").as_str(),
-            "http://127.0.0.1:8200/v1/kv/data/a%20b%3Fc%23d"
-        );
-    }
-
-    #[test]
-    fn redirects() {
-        let from = u("https://node2:8200/v1/pki/sign/x");
-        let loc = HeaderValue::from_static("https://node1:8200/v1/pki/sign/x");
-        assert_eq!(
-            redirect_target(&from, Some(&loc)).expect("ok").as_str(),
-            "https://node1:8200/v1/pki/sign/x"
-        );
-        let rel = HeaderValue::from_static("/v1/pki/sign/x");
-        assert_eq!(
-            redirect_target(&from, Some(&rel)).expect("ok").as_str(),
-            "https://node2:8200/v1/pki/sign/x"
-        );
-        let down = HeaderValue::from_static("http://node1:8200/v1/pki/sign/x");
-        assert!(redirect_target(&from, Some(&down))
-            .expect_err("downgrade")
-            .contains("in clear"));
-        assert!(redirect_target(&from, None).is_err());
-        let ftp = HeaderValue::from_static("ftp://x/");
-        assert!(redirect_target(&from, Some(&ftp)).is_err());
-    }
-
-    #[test]
-    fn backoff_grows_bounded_with_jitter() {
-        assert_eq!(backoff(1, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(1, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff(2, 1.0), Duration::from_millis(200));
-        assert_eq!(backoff(5, 1.0), Duration::from_millis(1600));
-        assert_eq!(backoff(6, 1.0), BACKOFF_MAX);
-        assert_eq!(backoff(1000, 1.0), BACKOFF_MAX);
-        assert!(backoff(3, 0.5) < backoff(3, 0.9));
-        assert_eq!(backoff(2, 7.0), backoff(2, 1.0));
-    }
-
-    #[test]
-    fn retry_classification() {
-        let connect = VaultError::Connect {
-            addr: "a".into(),
-            detail: "refused".into(),
-        };
-        let lost = VaultError::ConnectionLost {
-            addr: "a".into(),
-            path: "p".into(),
-            detail: "reset".into(),
-        };
-        let timeout = VaultError::Timeout {
-            path: "p".into(),
-            after: Duration::from_secs(1),
-        };
-        let sealed = VaultError::Sealed { addr: "a".into() };
-        let standby = VaultError::Unavailable {
-            addr: "a".into(),
-            status: 429,
-            message: String::new(),
-        };
-        let denied = VaultError::PermissionDenied { path: "p".into() };
-        let tls = VaultError::Tls {
-            addr: "a".into(),
-            detail: "x".into(),
-        };
-        assert!(should_retry(&connect, false, &[false]));
-        assert!(should_retry(&standby, false, &[false]));
-        // A sign is not repeated once it may have reached Vault.
-        assert!(!should_retry(&lost, false, &[false]));
-        assert!(!should_retry(&timeout, false, &[false]));
-        assert!(should_retry(&lost, true, &[false]));
-        assert!(should_retry(&timeout, true, &[false]));
-        // Sealed: try the other nodes, stop when all said sealed.
-        assert!(should_retry(&sealed, true, &[true, false]));
-        assert!(!should_retry(&sealed, true, &[true]));
-        assert!(!should_retry(&sealed, true, &[true, true]));
-        assert!(!should_retry(&denied, true, &[false]));
-        assert!(!should_retry(&tls, true, &[false]));
-    }
-
-    fn msgs(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn transport_errors_are_classified() {
-        let t = Duration::from_secs(5);
-        let e = classify_messages(
-            &msgs(&[
-                "error sending request for url (https://127.0.0.1:8200/v1/sys/health)",
-                "client error (Connect)",
-                "invalid peer certificate: UnknownIssuer",
-            ]),
-            true,
-            false,
-            false,
-            "https://127.0.0.1:8200",
-            "sys/health",
-            t,
-        );
-        assert!(
-            matches!(e, VaultError::Tls { ref detail, .. } if detail.contains("UnknownIssuer")),
-            "{e:?}"
-        );
-        let e = classify_messages(
-            &msgs(&[
-                "error sending request",
-                "client error (Connect)",
-                "received corrupt message of type InvalidContentType",
-            ]),
-            true,
-            false,
-            false,
-            "https://127.0.0.1:8200",
-            "p",
-            t,
-        );
-        assert!(
-            matches!(e, VaultError::Tls { ref detail, .. } if detail.contains("does not speak TLS"))
-        );
-        let e = classify_messages(
-            &msgs(&[
-                "error sending request",
-                "client error (Connect)",
-                "tcp connect error",
-                "Connection refused (os error 111)",
-            ]),
-            true,
-            false,
-            false,
-            "http://127.0.0.1:1",
-            "p",
-            t,
-        );
-        assert!(matches!(e, VaultError::Connect { ref detail, .. } if detail.contains("refused")));
-        let e = classify_messages(
-            &msgs(&["operation timed out"]),
-            false,
-            true,
-            false,
-            "a",
-            "p",
-            t,
-        );
-        assert!(matches!(e, VaultError::Timeout { .. }));
-        let e = classify_messages(
-            &msgs(&[
-                "error sending request",
-                "connection closed before message completed",
-            ]),
-            false,
-            false,
-            false,
-            "a",
-            "pki/sign/x",
-            t,
-        );
-        assert!(matches!(e, VaultError::ConnectionLost { .. }));
-    }
 
     #[test]
     fn secret_buffers() {
@@ -804,13 +552,5 @@ mod tests {
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).expect("read");
         assert_eq!(rest, b"456789");
-    }
-
-    #[test]
-    fn loopback_detection() {
-        assert!(is_loopback(&u("http://127.0.0.1:8200")));
-        assert!(is_loopback(&u("http://localhost:8200")));
-        assert!(is_loopback(&u("http://[::1]:8200")));
-        assert!(!is_loopback(&u("http://vault.example:8200")));
     }
 }

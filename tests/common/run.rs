@@ -205,3 +205,14 @@ pub fn enroll_cmd(card: &super::card::Card, env: &[(String, String)], extra: &[&
     c.args(extra);
     c
 }
+
+/// `Vault::pivault_env` plus the trust anchor (the root CA) that `station` and `renew`
+/// require.
+pub fn anchored_env(vault: &super::vault::Vault) -> Vec<(String, String)> {
+    let mut env = vault.pivault_env();
+    env.push((
+        "PIVAULT_TRUST_ANCHOR".into(),
+        vault.root_pem.display().to_string(),
+    ));
+    env
+}

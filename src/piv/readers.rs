@@ -1,7 +1,7 @@
 //! Watching PC/SC readers: which hold a card now, and what changed since the last look
 //! (cards inserted or removed, readers plugged in or out), through SCardGetStatusChange.
 
-use crate::piv::TokenError;
+use super::TokenError;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::time::Duration;
@@ -66,6 +66,11 @@ impl Watcher {
         }
         self.states.extend(pnp);
         Ok(())
+    }
+
+    /// Whether the last poll saw a card in `reader`.
+    pub fn present(&self, reader: &str) -> bool {
+        self.present.get(reader).copied().unwrap_or(false)
     }
 
     /// Wait up to `timeout` for changes and return them (cards present at the first call
