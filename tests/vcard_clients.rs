@@ -384,13 +384,20 @@ fn ykman_pin_protected_management_key_round_trip() {
 
 #[test]
 fn yubikey_crate_opens_the_card_by_serial() {
-    let card = Card::start();
-    let yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial))
-        .unwrap_or_else(|e| panic!("open_by_serial({}): {e}", card.serial));
-    assert_eq!(yk.serial(), yubikey::Serial(card.serial));
-    let v = yk.version();
-    assert_eq!((v.major, v.minor, v.patch), (5, 2, 7));
-    assert_eq!(yk.name(), card.reader);
+    // 4.3.7: the crate reads the serial from the OTP applet, 5.x from PIV (GET SERIAL).
+    for (version, parts) in [
+        ("4.3.7", (4, 3, 7)),
+        ("5.2.7", (5, 2, 7)),
+        ("5.7.4", (5, 7, 4)),
+    ] {
+        let card = card_on(version);
+        let yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial))
+            .unwrap_or_else(|e| panic!("open_by_serial({}) on {version}: {e}", card.serial));
+        assert_eq!(yk.serial(), yubikey::Serial(card.serial));
+        let v = yk.version();
+        assert_eq!((v.major, v.minor, v.patch), parts);
+        assert_eq!(yk.name(), card.reader);
+    }
 }
 
 #[test]
