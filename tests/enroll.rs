@@ -166,7 +166,7 @@ fn enroll_all_four_roles_then_cross_check_with_third_party_tools() {
         let data = dir.path().join("data");
         std::fs::write(&data, format!("signed by slot {slot}")).expect("data");
         let sig = dir.path().join(format!("{slot}.sig"));
-        let mut c = run::tool("pkcs11-tool");
+        let mut c = run::pkcs11_tool(&card.reader);
         c.args([
             "--module",
             &run::opensc_module(),

@@ -24,9 +24,10 @@ const DEFAULT_MGM: &str = "010203040506070801020304050607080102030405060708";
 /// Runs a client with a 60 s limit; returns success and stdout + stderr.
 fn run(program: &str, args: &[&str]) -> (bool, String) {
     let mut command = Command::new(program);
-    if program == "pkcs11-tool" {
-        // OpenSC reaches only 4 readers by default; the rig has 8.
-        command.env("OPENSC_CONF", common::run::opensc_conf());
+    if let Some(reader) = program.strip_prefix("pkcs11-tool@") {
+        // OpenSC sees only this reader (common::run::pkcs11_tool tells why).
+        command = Command::new("pkcs11-tool");
+        command.env("OPENSC_CONF", common::run::opensc_conf_for(reader));
     }
     let child = command
         .args(args)
@@ -188,7 +189,10 @@ fn ykman_sees_a_yubikey_5_with_the_serial() {
 fn pkcs11_tool_lists_the_token() {
     let card = Card::start();
     let module = opensc_module();
-    let text = ok("pkcs11-tool", &["--module", module.to_str().unwrap(), "-L"]);
+    let text = ok(
+        &format!("pkcs11-tool@{}", card.reader),
+        &["--module", module.to_str().unwrap(), "-L"],
+    );
     // "Slot 1 (0x4): Virtual PCD 00 01" then "  token label : ..." (empty: "  (empty)").
     let mut lines = text.lines();
     let slot = lines
@@ -384,13 +388,20 @@ fn ykman_pin_protected_management_key_round_trip() {
 
 #[test]
 fn yubikey_crate_opens_the_card_by_serial() {
-    let card = Card::start();
-    let yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial))
-        .unwrap_or_else(|e| panic!("open_by_serial({}): {e}", card.serial));
-    assert_eq!(yk.serial(), yubikey::Serial(card.serial));
-    let v = yk.version();
-    assert_eq!((v.major, v.minor, v.patch), (5, 2, 7));
-    assert_eq!(yk.name(), card.reader);
+    // 4.3.7: the crate reads the serial from the OTP applet, 5.x from PIV (GET SERIAL).
+    for (version, parts) in [
+        ("4.3.7", (4, 3, 7)),
+        ("5.2.7", (5, 2, 7)),
+        ("5.7.4", (5, 7, 4)),
+    ] {
+        let card = card_on(version);
+        let yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial))
+            .unwrap_or_else(|e| panic!("open_by_serial({}) on {version}: {e}", card.serial));
+        assert_eq!(yk.serial(), yubikey::Serial(card.serial));
+        let v = yk.version();
+        assert_eq!((v.major, v.minor, v.patch), parts);
+        assert_eq!(yk.name(), card.reader);
+    }
 }
 
 #[test]
@@ -533,7 +544,10 @@ fn ykman_5_from_pypi_sees_a_usb_yubikey_with_piv_metadata() {
 
 /// The PKCS#11 slot id OpenSC gives `reader`.
 fn pkcs11_slot(module: &str, reader: &str) -> String {
-    let text = ok("pkcs11-tool", &["--module", module, "-L"]);
+    let text = ok(
+        &format!("pkcs11-tool@{reader}"),
+        &["--module", module, "-L"],
+    );
     let line = text
         .lines()
         .find(|l| l.starts_with("Slot ") && l.ends_with(&format!(": {reader}")))
@@ -587,7 +601,7 @@ fn pkcs11_tool_signs_on_5_7_and_openssl_verifies() {
     std::fs::write(&data, b"signed by the virtual YubiKey through PKCS#11").unwrap();
     let signature = dir.path().join("sig");
     ok(
-        "pkcs11-tool",
+        &format!("pkcs11-tool@{}", card.reader),
         &[
             "--module",
             module,

@@ -75,6 +75,41 @@ pub fn opensc_conf() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pcsc/opensc.conf")
 }
 
+/// `pkcs11-tool` that sees only `reader`. OpenSC otherwise probes every card on the
+/// machine, and waits on cards other tests (or scripts/ykman-conformance) hold in long
+/// transactions: a plain `pkcs11-tool -L` then hangs. The other readers go in
+/// `ignored_readers` of a configuration written for this reader.
+pub fn pkcs11_tool(reader: &str) -> Command {
+    let mut c = Command::new("pkcs11-tool");
+    c.env("OPENSC_CONF", opensc_conf_for(reader));
+    c
+}
+
+/// fixtures/pcsc/opensc.conf plus `ignored_readers` = every PC/SC reader but `reader`.
+pub fn opensc_conf_for(reader: &str) -> std::path::PathBuf {
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("PC/SC context (pcscd)");
+    let others: Vec<String> = ctx
+        .list_readers_owned()
+        .expect("PC/SC reader list")
+        .into_iter()
+        .map(|r| r.to_string_lossy().into_owned())
+        .filter(|r| r != reader)
+        .map(|r| format!("\"{r}\""))
+        .collect();
+    let base = std::fs::read_to_string(opensc_conf()).expect("fixtures/pcsc/opensc.conf");
+    let ignored = if others.is_empty() {
+        String::new()
+    } else {
+        format!("    ignored_readers = {};\n", others.join(", "))
+    };
+    let conf = base.replacen("app default {\n", &format!("app default {{\n{ignored}"), 1);
+    let tag: String = reader.chars().filter(char::is_ascii_alphanumeric).collect();
+    let path =
+        std::env::temp_dir().join(format!("pivault-opensc-{}-{tag}.conf", std::process::id()));
+    std::fs::write(&path, conf).expect("write the OpenSC configuration");
+    path
+}
+
 /// The certificate in a slot, as PEM, read by yubico-piv-tool (a third party).
 pub fn piv_tool_read_cert(reader: &str, slot: &str) -> String {
     let mut c = tool("yubico-piv-tool");
@@ -158,7 +193,7 @@ pub fn slot_key_matches_cert(reader: &str, slot: &str, pin: &str, dir: &Path) ->
     std::fs::write(&data, b"does the key match?").expect("data");
     let sig = dir.join("match.sig");
     let rsa = String::from_utf8_lossy(&std::fs::read(&pubkey).unwrap_or_default()).len() > 300;
-    let mut c = tool("pkcs11-tool");
+    let mut c = pkcs11_tool(reader);
     c.args(["--module", &opensc_module(), "--slot-description", reader]);
     c.args(["--login", "--pin", pin, "--sign", "--id", id]);
     if rsa {

@@ -54,12 +54,17 @@ const DEFAULT_CHALRESP_TIMEOUT: u8 = 15;
 /// The management applet of one card.
 pub struct Management {
     device: DeviceIdentity,
+    /// PIN complexity enforced by the PIV applet (`--pin-complexity`, 5.7+): reported in
+    /// tag 16 so clients know (ykman then names the key "… - Enhanced PIN" and Yubico's
+    /// suite runs its PIN complexity tests). The caller sets it after `new`.
+    pub pin_complexity: bool,
 }
 
 impl Management {
     pub fn new(device: &DeviceIdentity) -> Self {
         Management {
             device: device.clone(),
+            pin_complexity: false,
         }
     }
 
@@ -138,7 +143,8 @@ impl Management {
             let fips = if d.fips { FIPS_BIT_PIV } else { 0 };
             put(&mut tlvs, TAG_FIPS_CAPABLE, &[0, fips]);
             put(&mut tlvs, TAG_FIPS_APPROVED, &[0, fips]);
-            put(&mut tlvs, TAG_PIN_COMPLEXITY, &[0]);
+            let complexity = u8::from(self.pin_complexity);
+            put(&mut tlvs, TAG_PIN_COMPLEXITY, &[complexity]);
             // Reset blocked: only a Bio key (shared PIN) blocks the PIV reset.
             put(&mut tlvs, TAG_RESET_BLOCKED, &[0, 0]);
             // A final release (type 2, iteration 0) of this very version: clients use
@@ -307,5 +313,8 @@ mod tests {
         let info = all_pages(&mut m);
         assert_eq!(info[&TAG_FORM_FACTOR], vec![0x81]);
         assert_eq!(info[&TAG_FIPS_CAPABLE], vec![0, FIPS_BIT_PIV]);
+        assert_eq!(info[&TAG_PIN_COMPLEXITY], vec![0]);
+        m.pin_complexity = true;
+        assert_eq!(all_pages(&mut m)[&TAG_PIN_COMPLEXITY], vec![1]);
     }
 }

@@ -57,6 +57,8 @@ pub struct Piv {
     pub timing: crate::timing::Timing,
     /// Persistent state changed since the transport last saved.
     pub dirty: bool,
+    /// `--timing`: the answer to the current command waits until then.
+    answer_not_before: Option<std::time::Instant>,
 }
 
 impl Piv {
@@ -76,6 +78,7 @@ impl Piv {
             pin_complexity: false,
             timing,
             dirty: false,
+            answer_not_before: None,
         }
     }
 
@@ -212,10 +215,23 @@ impl Piv {
         Response::success()
     }
 
-    /// Sleeps as the timing profile says for `op`.
-    pub fn spend(&self, op: crate::timing::Op) {
+    /// Starts `op`'s clock: with a timing profile, the answer leaves no earlier than the
+    /// profile's figure after this call (the host's own computing time counts against it;
+    /// see [`Piv::finish_timing`]).
+    pub fn spend(&mut self, op: crate::timing::Op) {
         if let Some(d) = self.timing.duration(op) {
-            std::thread::sleep(d);
+            let end = std::time::Instant::now() + d;
+            self.answer_not_before = Some(self.answer_not_before.map_or(end, |t| t.max(end)));
+        }
+    }
+
+    /// Waits until the operations of this command have taken the profile's time.
+    pub fn finish_timing(&mut self) {
+        if let Some(end) = self.answer_not_before.take() {
+            let now = std::time::Instant::now();
+            if end > now {
+                std::thread::sleep(end - now);
+            }
         }
     }
 }

@@ -140,9 +140,7 @@ impl Piv {
             return Response::status(sw::WRONG_DATA);
         }
         let (old, new) = apdu.data.split_at(8);
-        if !valid_reference(new) || self.refused(new) {
-            return Response::status(sw::WRONG_DATA);
-        }
+        // The old value first: a wrong one costs a try whatever the new one is.
         self.spend(Op::Verify);
         let current = if is_pin { self.pin() } else { self.puk() };
         if old != current.as_slice() {
@@ -151,6 +149,9 @@ impl Piv {
             } else {
                 self.wrong_puk()
             };
+        }
+        if !valid_reference(new) || self.refused(new) {
+            return Response::status(sw::WRONG_DATA);
         }
         if is_pin {
             self.state.pin = hex::encode(new);
@@ -319,6 +320,10 @@ mod tests {
             assert_eq!(piv.command(&change(bad)).sw, 0x6A80, "{bad:?}");
         }
         assert_eq!(piv.command(&change(b"123458")).sw, 0x9000);
+        // A wrong old value is a wrong value, even with a trivial new one.
+        let mut data = pin(b"999999");
+        data.extend(pin(b"111111"));
+        assert_eq!(piv.command(&apdu(0x24, 0, 0x80, &data)).sw, 0x63C2);
         let mut plain = card([5, 7, 4]);
         assert_eq!(plain.command(&change(b"111111")).sw, 0x9000);
     }

@@ -124,6 +124,7 @@ impl Card {
         };
         let le = apdu.le;
         let response = self.dispatch(&apdu);
+        self.piv.finish_timing();
         log_response(&apdu, &response);
         self.send(response, le)
     }
@@ -404,6 +405,21 @@ mod tests {
             0x00, 0xCB, 0x3F, 0xFF, 0x00, 0x00, 0x05, 0x5C, 0x03, 0x5F, 0xC1, 0x05, 0x00, 0x00,
         ]);
         assert_eq!(r.len(), 606);
+    }
+
+    #[test]
+    fn timing_profile_makes_the_answer_take_the_figure_not_more() {
+        let mut c = card([5, 7, 4]);
+        c.piv.timing = Timing::YubiKey5;
+        c.process(SELECT_PIV);
+        let verify = [
+            0x00, 0x20, 0x00, 0x80, 0x08, b'1', b'2', b'3', b'4', b'5', b'6', 0xFF, 0xFF,
+        ];
+        let started = std::time::Instant::now();
+        assert_eq!(c.process(&verify), [0x90, 0x00]);
+        let took = started.elapsed();
+        assert!(took >= std::time::Duration::from_millis(20), "{took:?}");
+        assert!(took < std::time::Duration::from_millis(500), "{took:?}");
     }
 
     #[test]
