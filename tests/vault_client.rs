@@ -838,3 +838,95 @@ fn a_sign_that_may_have_reached_vault_is_not_repeated() {
         assert_eq!(c.stats().retries, 1);
     }
 }
+
+/// A proxy in front of Vault that forwards every request, but for the `drop_write`-th
+/// (0-based) KV write closes the connection instead of passing Vault's answer back: the
+/// write happened, its answer was lost (a leader killed after committing, issue 10 #12).
+fn lossy_proxy(vault_addr: &str, drop_write: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = format!("http://{}", l.local_addr().expect("addr"));
+    let upstream = vault_addr.trim_start_matches("http://").to_string();
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let upstream = upstream.clone();
+            let writes = Arc::clone(&writes);
+            std::thread::spawn(move || {
+                // One request per connection: the answer says "Connection: close".
+                if let Some((line, headers, body)) = read_request(&mut s) {
+                    let mut raw = format!("{line}\r\n");
+                    for (k, v) in headers
+                        .iter()
+                        .filter(|(k, _)| k != "connection" && k != "content-length")
+                    {
+                        raw.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    raw.push_str(&format!(
+                        "content-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    ));
+                    let mut up = TcpStream::connect(&upstream).expect("vault");
+                    up.write_all(raw.as_bytes()).expect("send");
+                    up.write_all(&body).expect("send");
+                    let mut answer = Vec::new();
+                    let _ = up.read_to_end(&mut answer);
+                    let is_write = line.starts_with("POST") && line.contains("/data/");
+                    if is_write
+                        && writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == drop_write
+                    {
+                        return;
+                    }
+                    let _ = s.write_all(&answer);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_cas_write_whose_answer_was_lost_is_in_doubt_and_reads_back_as_written() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Rec {
+        puk: String,
+    }
+    let v = vault::shared();
+    let proxy = lossy_proxy(&v.addr, 1);
+    let mut cfg = v.vault_config();
+    cfg.addrs = vec![url::Url::parse(&proxy).expect("url")];
+    let c = VaultClient::new(cfg).expect("client");
+    c.login(v.creds()).expect("login through the proxy");
+    let key = format!("lost/{}", rand::random::<u32>());
+    let r1 = Rec { puk: "1111".into() };
+    let r2 = Rec { puk: "2222".into() };
+    assert_eq!(c.kv_write(&key, &r1, Some(0)).expect("create").version, 1);
+    // Vault applies it, the answer is lost; the retry finds version 2 (this write).
+    let e = c
+        .kv_write(&key, &r2, Some(1))
+        .expect_err("answer lost, then CAS mismatch");
+    match &e {
+        VaultError::InDoubt { path, cause, .. } => {
+            assert!(path.ends_with(&key), "{path}");
+            assert!(
+                matches!(
+                    **cause,
+                    VaultError::CasMismatch {
+                        expected: Some(1),
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!e.is_transient());
+    assert!(e.hint().is_some_and(|h| h.contains("read the record back")));
+    // Reading back resolves it: the record holds what was written.
+    let (got, meta) = c.kv_read::<Rec>(&key).expect("read").expect("present");
+    assert_eq!((got, meta.version), (r2, 2));
+    // A CAS mismatch with no lost answer before it is another writer's.
+    let e = c.kv_write(&key, &r1, Some(1)).expect_err("stale");
+    assert!(matches!(e, VaultError::CasMismatch { .. }), "{e:?}");
+}
