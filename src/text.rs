@@ -71,6 +71,27 @@ mod tests {
         assert!(!is_clean("\u{1b}"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 500,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Whatever comes in prints clean; clean text of a normal length is left as it is.
+        #[test]
+        fn sanitized_text_is_clean_and_clean_text_unchanged(
+            chars in proptest::collection::vec(proptest::prelude::any::<char>(), 0..300),
+        ) {
+            let s: String = chars.into_iter().collect();
+            let out = sanitize(&s);
+            proptest::prop_assert!(is_clean(&out), "{:?}", out);
+            if is_clean(&s) {
+                proptest::prop_assert_eq!(out, s);
+            }
+        }
+    }
+
     #[test]
     fn long_text_is_cut_on_a_character_boundary() {
         let long = "é".repeat(MAX_CHARS + 10);

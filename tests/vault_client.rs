@@ -853,7 +853,8 @@ fn lossy_proxy(vault_addr: &str, drop_write: usize) -> String {
             let upstream = upstream.clone();
             let writes = Arc::clone(&writes);
             std::thread::spawn(move || {
-                while let Some((line, headers, body)) = read_request(&mut s) {
+                // One request per connection: the answer says "Connection: close".
+                if let Some((line, headers, body)) = read_request(&mut s) {
                     let mut raw = format!("{line}\r\n");
                     for (k, v) in headers
                         .iter()
@@ -876,9 +877,7 @@ fn lossy_proxy(vault_addr: &str, drop_write: usize) -> String {
                     {
                         return;
                     }
-                    // Vault answered "Connection: close": the client opens a new one.
                     let _ = s.write_all(&answer);
-                    return;
                 }
             });
         }

@@ -56,6 +56,25 @@ pub enum Command {
     Unblock(Box<UnblockArgs>),
     /// Provisioning station: watch readers, enroll inserted tokens per a profile, escrow credentials
     Station(Box<StationArgs>),
+    /// Print a shell completion script (bash, zsh or fish) on stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write the manual pages (pivault.1, pivault-<command>.1) into DIR (for packaging)
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// Shells `pivault completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -2,6 +2,7 @@
 //! exit codes over the library.
 
 mod args;
+mod docs;
 mod enroll;
 mod renew;
 mod secrets;
@@ -69,6 +70,21 @@ pub fn fail(e: &Error, json: bool) -> ExitCode {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    // Generated documents need no logging, token or configuration.
+    let generated = match &cli.command {
+        Command::Completions { shell } => Some(docs::completions(*shell)),
+        Command::Manpages { dir } => Some(docs::manpages(dir)),
+        _ => None,
+    };
+    if let Some(r) = generated {
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pivault: error: {e}");
+                ExitCode::from(exit::FAILED)
+            }
+        };
+    }
     init_logging(cli.verbose);
     let json = cli.json;
     let r = match &cli.command {
@@ -78,6 +94,7 @@ pub fn run() -> ExitCode {
         Command::Renew(a) => renew::run(&cli, a),
         Command::Unblock(a) => renew::unblock(&cli, a),
         Command::Station(a) => station::run(&cli, a),
+        Command::Completions { .. } | Command::Manpages { .. } => Ok(ExitCode::SUCCESS),
     };
     r.unwrap_or_else(|e| fail(&e, json))
 }

@@ -170,8 +170,18 @@ pub(crate) fn classify_messages(
     let messages = messages.as_slice();
     let deepest = messages.last().cloned().unwrap_or_default();
     if let Some(detail) = tls_detail(messages) {
-        return VaultError::Tls {
+        // A handshake failure comes while connecting: nothing was sent. A TLS failure on a
+        // connection that was up (an alert mid-answer) may follow a request Vault carried
+        // out: it is a lost connection, with the TLS reason.
+        if is_connect {
+            return VaultError::Tls {
+                addr: addr.to_string(),
+                detail,
+            };
+        }
+        return VaultError::ConnectionLost {
             addr: addr.to_string(),
+            path: path.to_string(),
             detail,
         };
     }
@@ -447,6 +457,23 @@ mod tests {
             t,
         );
         assert!(matches!(e, VaultError::ConnectionLost { .. }));
+        // A TLS alert on a connection that was up: lost, not "TLS set-up failed".
+        let e = classify_messages(
+            &msgs(&[
+                "error reading a body from connection",
+                "received fatal alert: InternalError",
+            ]),
+            false,
+            false,
+            false,
+            "a",
+            "pki/sign/x",
+            t,
+        );
+        assert!(
+            matches!(e, VaultError::ConnectionLost { ref detail, .. } if detail.contains("alert")),
+            "{e:?}"
+        );
     }
 
     #[test]
