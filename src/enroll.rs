@@ -470,7 +470,12 @@ pub fn enroll(
     if fatal.is_none() && report.slots.iter().any(|s| s.error.is_none()) {
         match token.ensure_chuid_ccc() {
             Ok(w) => report.wrote_chuid_ccc = w,
-            Err(e) => fatal = Some(e.into()),
+            Err(e) => {
+                fatal = Some(Error::AfterChange {
+                    done: "certificates were imported".into(),
+                    source: Box::new(e.into()),
+                })
+            }
         }
     }
     report.ok &= fatal.is_none();

@@ -173,10 +173,17 @@ fn card_failure_mid_slot_stops_the_run() {
         issued: Cell::new(0),
     };
     let out = run(&mut t, &issuer, &plan(&["9a", "9e"]), "123456").expect("outcome");
-    assert!(matches!(
-        out.fatal,
-        Some(Error::Token(TokenError::CardRemoved))
-    ));
+    // A key was generated: the error says so, and never exits 2 or 4 ("nothing changed").
+    match &out.fatal {
+        Some(e @ Error::AfterChange { source, .. }) => {
+            assert!(
+                matches!(**source, Error::Token(TokenError::CardRemoved)),
+                "{e:?}"
+            );
+            assert_eq!(e.exit_code(), crate::error::exit::FAILED);
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         out.report.slots.len(),
         1,

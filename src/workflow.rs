@@ -94,6 +94,8 @@ pub fn slot_local(e: &Error) -> bool {
 struct Recorder<'p> {
     inner: &'p mut dyn SlotPolicy,
     warnings: Vec<String>,
+    /// A key was generated (the slot's old key is gone).
+    generated: bool,
 }
 
 impl Observer for Recorder<'_> {
@@ -101,6 +103,7 @@ impl Observer for Recorder<'_> {
         self.inner.step(slot, step)
     }
     fn generated(&mut self, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
+        self.generated = true;
         self.inner.generated(slot, key)
     }
     fn requesting(&mut self, slot: Slot) -> Result<(), Error> {
@@ -120,12 +123,15 @@ impl Observer for Recorder<'_> {
     }
 }
 
+/// One slot; `changed` is set as soon as the token was changed (key generated, or a
+/// certificate written).
 fn one_slot(
     token: &mut dyn PivToken,
     ctx: &Context<'_>,
     sp: &SlotPlan,
     pin: &Pin,
     policy: &mut dyn SlotPolicy,
+    changed: &mut bool,
 ) -> Result<(&'static str, Accepted, Vec<String>), Error> {
     // Deciding may sign a test challenge with the slot's key (PIN policy "always" slots
     // want the PIN right before each use).
@@ -133,6 +139,7 @@ fn one_slot(
     match policy.decide(token, ctx, sp)? {
         SlotAction::Keep(a) => Ok(("kept", a, Vec::new())),
         SlotAction::Reimport { key, issued } => {
+            *changed = true; // the write may have happened even if it then fails
             let (a, warnings) = enroll::import_issued(token, ctx, sp, &key, &issued)?;
             checkpoint("import");
             Ok(("reimported", a, warnings))
@@ -142,8 +149,12 @@ fn one_slot(
             let mut rec = Recorder {
                 inner: policy,
                 warnings: Vec::new(),
+                generated: false,
             };
-            let (a, mut warnings) = enroll::enroll_slot(token, ctx, sp, pin, choice, &mut rec)?;
+            let r = enroll::enroll_slot(token, ctx, sp, pin, choice, &mut rec);
+            *changed |= rec.generated;
+            let (a, mut warnings) = r?;
+            *changed = true;
             checkpoint("import");
             rec.warnings.append(&mut warnings);
             Ok((word, a, rec.warnings))
@@ -179,15 +190,25 @@ pub fn run_token(
         ok: false,
     };
     let mut fatal = None;
+    let mut changed = false;
     for sp in slots {
-        let r = one_slot(token, ctx, sp, pin, policy)
+        let r = one_slot(token, ctx, sp, pin, policy, &mut changed)
             .and_then(|(word, a, w)| policy.finished(sp, &a).map(|()| (word, a, w)));
         match r {
             Ok((word, a, warnings)) => report.slots.push(slot_report(sp, word, &a, &warnings)),
             Err(e) => {
                 report.slots.push(failed_report(sp, &e));
                 if !slot_local(&e) {
-                    fatal = Some(e);
+                    // Exit codes 2 and 4 say "nothing was changed": not after a key was
+                    // generated or a certificate written.
+                    fatal = Some(if changed {
+                        Error::AfterChange {
+                            done: "keys or certificates were already changed on the token".into(),
+                            source: Box::new(e),
+                        }
+                    } else {
+                        e
+                    });
                     break;
                 }
             }

@@ -34,7 +34,12 @@ fn status(card: &Card) -> Value {
 fn error_line(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr);
     err.lines()
-        .filter(|l| l.starts_with("pivault: error:") || l.trim_start().starts_with("hint:"))
+        // pivault's own errors, and clap's for values it parses into types at the edge.
+        .filter(|l| {
+            l.starts_with("pivault: error:")
+                || l.starts_with("error:")
+                || l.trim_start().starts_with("hint:")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -533,3 +533,42 @@ fn a_default_key_token_with_a_user_pin_is_refused_without_spending_a_try() {
     assert!(!o.status.success(), "a record was written: {}", text(&o));
     assert_eq!(vault.issued_cert_count(), 0);
 }
+
+/// Defect 11: a journaled certificate that fails verification (here: replaced by one from
+/// another CA) never blocks the token: it is dropped, and the certificate recorded in the
+/// escrow record (verified against the configured anchor) is imported; nothing is issued
+/// again.
+#[test]
+fn a_journaled_certificate_that_fails_verification_does_not_block_the_token() {
+    let vault = Vault::start();
+    let card = Card::start();
+    let s = setup(&[card.serial]);
+    let o = station(
+        &vault,
+        &s,
+        &[&card],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+        &[("PIVAULT_TEST_ABORT_AFTER", "sign")],
+    );
+    assert!(!o.status.success(), "the hook did not fire: {}", text(&o));
+    let path = s.journal.join(format!("{}.json", card.serial));
+    let mut j: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("journal")).expect("json");
+    let foreign = include_str!("../fixtures/escrow/leaf.pem");
+    j["issued"]["9a"]["certificate_pem"] = Value::String(foreign.into());
+    std::fs::write(&path, j.to_string()).expect("write");
+    assert_eq!(vault.issued_cert_count(), 1);
+
+    let o = station(
+        &vault,
+        &s,
+        &[&card],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let lines = report_lines(&s.report);
+    assert_eq!(lines.last().expect("line")["result"], "resumed");
+    assert_eq!(vault.issued_cert_count(), 2, "9a was issued again");
+    assert_enrolled(&vault, &card);
+}

@@ -289,45 +289,52 @@ impl SlotPolicy for StationSlots<'_, '_> {
             }
         }
         // Issued before a crash (journal first, then the record): import it, never ask
-        // Vault again, once it verifies against the configured anchor.
-        let recorded = self.journal.issued.get(&slot).cloned().or_else(|| {
-            self.rec
-                .record
-                .state
-                .slots
-                .get(&slot)
-                .map(SlotRecord::issued)
-        });
-        if let Some(iss) = recorded {
-            if let Some(der) = first_der(&iss.certificate_pem) {
-                let key = x509_cert::Certificate::from_der(&der)
-                    .map(|c| c.tbs_certificate().subject_public_key_info().clone())
-                    .ok();
-                if let Some(key) = key {
-                    if current.as_deref() != Some(der.as_slice())
-                        && slot_holds_key(token, slot, &key)?
-                    {
-                        let chain = chain_of(&iss);
-                        let want = Expectation {
-                            slot,
-                            role: sp.role,
-                            public_key: &key,
-                            chain_der: &chain,
-                            anchors_der: &ctx.anchors_der,
-                            now: SystemTime::now(),
-                        };
-                        match verify::check(&der, &want) {
-                            Ok(_) => {
-                                self.record_slot(slot, SlotRecord::of(&iss));
-                                return Ok(SlotAction::Reimport { key, issued: iss });
-                            }
-                            // Never blocks the token for good: the slot is enrolled anew.
-                            Err(e) => {
-                                log::warn!("slot {slot}: the recorded certificate is refused ({e}); enrolling anew");
-                                self.journal.issued.remove(&slot);
-                                self.save()?;
-                            }
-                        }
+        // Vault again, once it verifies against the configured anchor (never against the
+        // chain stored with it). One that does not verify is dropped, never retried for
+        // good: the next candidate, or a new request, follows.
+        let candidates: Vec<Issued> = self
+            .journal
+            .issued
+            .get(&slot)
+            .cloned()
+            .into_iter()
+            .chain(
+                self.rec
+                    .record
+                    .state
+                    .slots
+                    .get(&slot)
+                    .map(SlotRecord::issued),
+            )
+            .collect();
+        for iss in candidates {
+            let Some(der) = first_der(&iss.certificate_pem) else {
+                continue;
+            };
+            let Some(key) = crate::piv::yubikey::spki_of_cert(&der) else {
+                continue;
+            };
+            if current.as_deref() == Some(der.as_slice()) || !slot_holds_key(token, slot, &key)? {
+                continue;
+            }
+            let chain = chain_of(&iss);
+            let want = Expectation {
+                slot,
+                role: sp.role,
+                public_key: &key,
+                chain_der: &chain,
+                anchors_der: &ctx.anchors_der,
+                now: SystemTime::now(),
+            };
+            match verify::check(&der, &want) {
+                Ok(_) => {
+                    self.record_slot(slot, SlotRecord::of(&iss));
+                    return Ok(SlotAction::Reimport { key, issued: iss });
+                }
+                Err(e) => {
+                    log::warn!("slot {slot}: a recorded certificate is refused ({e}); dropped");
+                    if self.journal.issued.remove(&slot).is_some() {
+                        self.save()?;
                     }
                 }
             }
