@@ -132,6 +132,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        apdu_rig();
         let vault = Vault::start_with(VaultOptions {
             audit: true,
             ..Default::default()
@@ -319,7 +320,7 @@ fn wait_limited(child: &mut Child) -> Option<i32> {
 /// Run one cell: fresh token, broken run, clean re-run, invariants.
 fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
     let t0 = Instant::now();
-    let ctx = prepare(cmd);
+    let mut ctx = prepare(cmd);
     let before = h.issuance();
     let start_tries = pin_tries(&ctx.card);
     h.proxy.reset();
@@ -356,16 +357,47 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
             first_text = out.join().unwrap_or_default();
         }
         Point::Apdu(n) => {
-            return Cell {
-                cmd,
-                point: point.clone(),
-                reached: false,
-                broken: vec![format!(
-                    "unsupported: the virtual card has no --fault pause-after@{n} yet"
-                )],
-                secs: t0.elapsed().as_secs_f64(),
-                first_exit: None,
+            let Some(rig) = apdu_rig() else {
+                return finish(
+                    cmd,
+                    point,
+                    false,
+                    vec![format!("unsupported: no card with --fault pause-after@{n}")],
+                    t0,
+                    None,
+                );
             };
+            // Restart the card (same state) with the pause armed: APDUs count from the
+            // card process's start, so nothing else may talk to it before the command.
+            let port = ctx.card.port;
+            std::fs::write(
+                rig.dir.join(format!("fault-{port}")),
+                format!("pause-after@{n}"),
+            )
+            .expect("fault file");
+            ctx.card.remove();
+            ctx.card.insert();
+            let (mut child, out) = spawn(command(h, cmd, &ctx));
+            let outf = rig.dir.join(format!("out-{port}"));
+            let t = Instant::now();
+            loop {
+                let said = std::fs::read_to_string(&outf).unwrap_or_default();
+                if said.contains("paused apdu=") {
+                    let _ = child.kill(); // SIGKILL pivault while the card holds APDU n
+                    reached = true;
+                    break;
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) || t.elapsed() > RUN_LIMIT {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            first_exit = wait_limited(&mut child);
+            // Resume the card (SIGUSR2), whether or not it paused.
+            if let Ok(pid) = std::fs::read_to_string(rig.dir.join(format!("pid-{port}"))) {
+                let _ = Command::new("kill").args(["-USR2", pid.trim()]).status();
+            }
+            first_text = out.join().unwrap_or_default();
         }
     }
     let first_log = h.proxy.log_text();
@@ -695,12 +727,61 @@ fn clean_run_counted(h: &Harness, cmd: Cmd) -> (usize, Vec<String>, u64) {
     (h.proxy.requests(), paths, ctx.card.apdu_count())
 }
 
-/// Does the virtual card have the APDU pause (`--fault pause-after@N`, branch vcard)?
+/// APDU boundaries need a card with `--fault pause-after@N` (branch vcard). The rig's
+/// `CardOptions` cannot pass it (yet), so `PIVAULT_FAULT_VCARD=<that binary>` makes every
+/// card of this test process start through a wrapper (as `PIVAULT_VCARD`) that adds
+/// `--fault X` when a one-shot file `fault-<port>` asks for it, tees the card's stdout to
+/// `out-<port>` (where `paused apdu=N` appears) and leaves its pid in `pid-<port>`.
+/// Without a card binary that pauses, APDU points are not tried.
+struct ApduRig {
+    dir: PathBuf,
+}
+
+fn apdu_rig() -> Option<&'static ApduRig> {
+    static RIG: std::sync::OnceLock<Option<ApduRig>> = std::sync::OnceLock::new();
+    RIG.get_or_init(|| {
+        let real = PathBuf::from(std::env::var_os("PIVAULT_FAULT_VCARD")?);
+        let help = Command::new(&real).arg("--help").output().ok()?;
+        if !String::from_utf8_lossy(&help.stdout).contains("pause-after") {
+            eprintln!("{} has no --fault pause-after@N", real.display());
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("pivault-apdu-rig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("apdu rig dir");
+        let wrapper = dir.join("vcard-wrapper");
+        std::fs::write(
+            &wrapper,
+            format!(
+                r#"#!/usr/bin/env bash
+port=""; prev=""
+for a in "$@"; do [ "$prev" = --port ] && port=$a; prev=$a; done
+f="{d}/fault-$port"
+if [ -n "$port" ] && [ -f "$f" ]; then
+    fault=$(cat "$f"); rm -f "$f"
+    echo $$ > "{d}/pid-$port"
+    : > "{d}/out-$port"
+    exec > >(tee -a "{d}/out-$port")
+    exec "{real}" "$@" --fault "$fault"
+fi
+exec "{real}" "$@"
+"#,
+                d = dir.display(),
+                real = real.display()
+            ),
+        )
+        .expect("wrapper");
+        let mut perm = std::fs::metadata(&wrapper).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&wrapper, perm).expect("chmod");
+        // Before any card starts (vcard_bin() reads it once per process).
+        std::env::set_var("PIVAULT_VCARD", &wrapper);
+        Some(ApduRig { dir })
+    })
+    .as_ref()
+}
+
 fn apdu_supported() -> bool {
-    let o = Command::new(common::card::vcard_bin())
-        .arg("--help")
-        .output();
-    o.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("pause-after"))
+    apdu_rig().is_some()
 }
 
 fn env_list(name: &str) -> Option<Vec<String>> {
@@ -945,5 +1026,26 @@ fn killed_while_a_sign_is_held_before_and_after_vault_acted() {
             "{}",
             c.line()
         );
+    }
+}
+
+#[test]
+#[ignore = "needs PIVAULT_FAULT_VCARD: a pivault-vcard with --fault pause-after@N (branch vcard)"]
+fn killed_at_apdu_boundaries() {
+    let h = Harness::new();
+    assert!(
+        apdu_supported(),
+        "set PIVAULT_FAULT_VCARD to a pivault-vcard built from branch vcard"
+    );
+    let (_, _, apdus) = clean_run_counted(&h, Cmd::Enroll);
+    assert!(apdus > 10, "a 4-slot enroll takes more than {apdus} APDUs");
+    let picks: Vec<usize> = std::env::var("PIVAULT_FAULT_APDUS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, apdus as usize / 2, apdus as usize]);
+    for n in picks {
+        let c = run_cell(&h, Cmd::Enroll, &Point::Apdu(n));
+        println!("cell {}", c.line());
+        assert!(c.reached, "the card never paused at APDU {n}: {}", c.line());
     }
 }
