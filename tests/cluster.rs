@@ -131,3 +131,39 @@ fn the_cluster_count_fails_when_no_node_answers() {
         .expect_err("a stopped cluster must not count as zero certificates");
     assert!(e.0.contains("could not be asked"), "{e}");
 }
+
+#[test]
+fn enroll_with_the_leader_frozen_past_the_deadline_then_resumed() {
+    let c = Cluster::start();
+    let card = Card::start();
+    let lead = c.wait_leader(Duration::from_secs(60));
+    let before = c.issuance().expect("count before");
+    // SIGSTOP: the leader keeps its sockets open but never answers (requests forwarded to
+    // it hang) until the others elect a new leader.
+    c.pause(lead);
+    let t0 = Instant::now();
+    let first = finish(enroll(&c, &card, 20));
+    let took = t0.elapsed();
+    c.resume(lead);
+    let new_lead = c.wait_leader(Duration::from_secs(90));
+    let mut completed = usize::from(first.status.success());
+    eprintln!(
+        "leader node {lead} SIGSTOPped; pivault exited {:?} after {} ms; resumed; node \
+         {new_lead} leads",
+        first.status.code(),
+        took.as_millis()
+    );
+    if !first.status.success() {
+        // "Vault unavailable": the operator runs it again once a leader is back.
+        let again = finish(enroll(&c, &card, 60));
+        assert!(
+            again.status.success(),
+            "first:\n{}\nagain:\n{}\n{}",
+            text(&first),
+            text(&again),
+            c.status()
+        );
+        completed += 1;
+    }
+    check(&c, &card, &before, completed);
+}

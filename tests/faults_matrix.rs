@@ -519,10 +519,12 @@ fn check_issuance(cmd: Cmd, after: &Issuance, completed: usize) -> Vec<String> {
 fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuance) -> Vec<String> {
     let mut broken = Vec::new();
     let dir = ctx.dir.path();
+    let mut puk = None;
     let pin = match cmd {
         Cmd::Enroll => Some(PIN.to_string()),
         Cmd::Station => match escrowed(h, ctx.card.serial) {
             Ok(rec) => {
+                puk = rec["live"]["puk"].as_str().map(str::to_string);
                 let pin = rec["live"]["pin"]
                     .as_str()
                     .or_else(|| rec["pin"].as_str())
@@ -536,8 +538,10 @@ fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuan
                             .unwrap_or_default()
                     ));
                 }
-                if pin.is_none() {
-                    broken.push("escrow-has-pin: no live PIN in the escrow record".into());
+                if pin.is_none() || puk.is_none() {
+                    broken.push(
+                        "escrow-has-credentials: no live PIN or PUK in the escrow record".into(),
+                    );
                 }
                 pin
             }
@@ -553,6 +557,28 @@ fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuan
         broken.push(format!(
             "pin-tries-kept: PIN tries left {tries}, started at {start_tries}"
         ));
+    }
+    // The escrowed PUK: CHANGE REFERENCE from it to itself (yubico-piv-tool). A wrong PUK
+    // costs one of its 3 tries, never the last: the cell is over after this.
+    if let Some(puk) = &puk {
+        let mut c = run::tool("yubico-piv-tool");
+        c.args([
+            "-r",
+            &ctx.card.reader,
+            "-a",
+            "change-puk",
+            "-P",
+            puk,
+            "-N",
+            puk,
+        ]);
+        let o = run::run(c);
+        if !o.status.success() {
+            broken.push(format!(
+                "escrowed-puk-works: the escrowed PUK was refused: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
     }
     if let Some(pin) = &pin {
         if tries > 1 {
