@@ -35,6 +35,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const PIN: &str = "123456";
+/// The PIN `unblock` sets.
+const NEW_PIN: &str = "48291573";
 /// pivault's operation deadline in the matrix: stalls outlast it.
 const DEADLINE_SECS: u64 = 5;
 const STALL: Duration = Duration::from_secs(DEADLINE_SECS + 3);
@@ -95,6 +97,9 @@ enum Cmd {
     Enroll,
     /// `pivault station`, one factory token, 4 slots, credentials changed and escrowed.
     Station,
+    /// `pivault unblock`: a blocked PIN, the factory PUK escrowed; new PIN from the
+    /// environment, the PUK rotated (escrowed before it is applied).
+    Unblock,
 }
 
 impl Cmd {
@@ -102,6 +107,7 @@ impl Cmd {
         match self {
             Cmd::Enroll => "enroll",
             Cmd::Station => "station",
+            Cmd::Unblock => "unblock",
         }
     }
 
@@ -109,12 +115,16 @@ impl Cmd {
         match s.trim() {
             "enroll" => Some(Cmd::Enroll),
             "station" => Some(Cmd::Station),
+            "unblock" => Some(Cmd::Unblock),
             _ => None,
         }
     }
 
     /// Slot → role: one role per slot so issuance per slot is issuance per role.
     fn slots(self) -> &'static [(&'static str, &'static str)] {
+        if self == Cmd::Unblock {
+            return &[];
+        }
         &[
             ("9a", "yubikey-piv-auth"),
             ("9c", "yubikey-piv-code-signing"),
@@ -156,7 +166,7 @@ struct Ctx {
     profile: PathBuf,
 }
 
-fn prepare(cmd: Cmd) -> Ctx {
+fn prepare(h: &Harness, cmd: Cmd) -> Ctx {
     let card = Card::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let profile = dir.path().join("station.toml");
@@ -182,7 +192,42 @@ fn prepare(cmd: Cmd) -> Ctx {
         )
         .expect("profile");
     }
+    if cmd == Cmd::Unblock {
+        escrow_factory(h, &card, dir.path());
+        for _ in 0..3 {
+            let mut c = run::tool("yubico-piv-tool");
+            c.args(["-r", &card.reader, "-a", "verify-pin", "-P", "000000"]);
+            let _ = run::run(c);
+        }
+    }
     Ctx { card, dir, profile }
+}
+
+/// Escrow the card's factory credentials as a station would have (tests/renew.rs does the
+/// same).
+fn escrow_factory(h: &Harness, card: &Card, dir: &Path) {
+    let rec = serde_json::json!({
+        "schema": 1,
+        "serial": card.serial,
+        "live": {
+            "pin": PIN,
+            "puk": "12345678",
+            "mgmt_key": "010203040506070801020304050607080102030405060708",
+            "mgmt_key_algorithm": "3des",
+            "mgmt_key_protected": false
+        },
+        "updated_at": "2026-01-01T00:00:00Z",
+        "updated_by": "fault matrix"
+    });
+    let f = dir.join("rec.json");
+    std::fs::write(&f, rec.to_string()).expect("write");
+    let o = h.vault.bao(&[
+        "kv",
+        "put",
+        &format!("yubikeys/{}", card.serial),
+        &format!("@{}", f.display()),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 fn command(h: &Harness, cmd: Cmd, ctx: &Ctx) -> Command {
@@ -230,6 +275,13 @@ fn command(h: &Harness, cmd: Cmd, ctx: &Ctx) -> Command {
                 "--vault-wait",
                 "20",
             ]);
+            c
+        }
+        Cmd::Unblock => {
+            env.push(("PIVAULT_NEW_PIN".into(), NEW_PIN.into()));
+            let mut c = pivault(&env);
+            c.args(["unblock", "--serial", &ctx.card.serial.to_string()]);
+            c.args(["--reader", &ctx.card.reader]);
             c
         }
     }
@@ -320,7 +372,7 @@ fn wait_limited(child: &mut Child) -> Option<i32> {
 /// Run one cell: fresh token, broken run, clean re-run, invariants.
 fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
     let t0 = Instant::now();
-    let mut ctx = prepare(cmd);
+    let mut ctx = prepare(h, cmd);
     let before = h.issuance();
     let start_tries = pin_tries(&ctx.card);
     h.proxy.reset();
@@ -435,7 +487,10 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
     );
     if matches!(first_exit, Some(2) | Some(4)) {
         // "Nothing was changed": Vault issued nothing before the re-run.
-        let first_issued: usize = after.listed.len() - usize::from(second_exit == Some(0)) * 4;
+        let first_issued: usize = after
+            .listed
+            .len()
+            .saturating_sub(usize::from(second_exit == Some(0)) * cmd.slots().len());
         if first_issued > 0 {
             broken.push(format!(
                 "exit-code-truthful: the broken run exited {first_exit:?} (nothing changed) \
@@ -522,7 +577,7 @@ fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuan
     let mut puk = None;
     let pin = match cmd {
         Cmd::Enroll => Some(PIN.to_string()),
-        Cmd::Station => match escrowed(h, ctx.card.serial) {
+        Cmd::Station | Cmd::Unblock => match escrowed(h, ctx.card.serial) {
             Ok(rec) => {
                 puk = rec["live"]["puk"].as_str().map(str::to_string);
                 let pin = rec["live"]["pin"]
@@ -538,12 +593,17 @@ fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuan
                             .unwrap_or_default()
                     ));
                 }
-                if pin.is_none() || puk.is_none() {
+                // After unblock the PIN is the user's own: only the PUK stays escrowed.
+                if (pin.is_none() && cmd != Cmd::Unblock) || puk.is_none() {
                     broken.push(
                         "escrow-has-credentials: no live PIN or PUK in the escrow record".into(),
                     );
                 }
-                pin
+                if cmd == Cmd::Unblock {
+                    Some(NEW_PIN.to_string())
+                } else {
+                    pin
+                }
             }
             Err(e) => {
                 broken.push(format!("escrow-readable: {e}"));
@@ -553,6 +613,11 @@ fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuan
     };
     // Retry counter first, without spending a try (yubico-piv-tool status).
     let tries = pin_tries(&ctx.card);
+    if cmd == Cmd::Unblock && tries < 3 {
+        broken.push(format!(
+            "pin-unblocked: PIN tries left {tries} after unblock, want 3"
+        ));
+    }
     if tries < start_tries {
         broken.push(format!(
             "pin-tries-kept: PIN tries left {tries}, started at {start_tries}"
@@ -738,7 +803,7 @@ fn clean_run(h: &Harness, cmd: Cmd) -> (usize, Vec<String>) {
 
 fn clean_run_counted(h: &Harness, cmd: Cmd) -> (usize, Vec<String>, u64) {
     h.proxy.set_rules(Vec::new());
-    let ctx = prepare(cmd);
+    let ctx = prepare(h, cmd);
     h.proxy.reset();
     let (mut child, out) = spawn(command(h, cmd, &ctx));
     let code = wait_limited(&mut child);
@@ -873,7 +938,7 @@ fn matrix() {
     let t0 = Instant::now();
     let h = Harness::new();
     let cmds: Vec<Cmd> = env_list("PIVAULT_FAULT_COMMANDS")
-        .unwrap_or_else(|| vec!["enroll".into(), "station".into()])
+        .unwrap_or_else(|| vec!["enroll".into(), "station".into(), "unblock".into()])
         .iter()
         .map(|c| Cmd::parse(c).unwrap_or_else(|| panic!("unknown command {c}")))
         .collect();
@@ -972,7 +1037,7 @@ fn clean_enroll_has_vault_boundaries_and_holds_every_invariant() {
 #[test]
 fn the_invariant_checks_can_fail() {
     let h = Harness::new();
-    let ctx = prepare(Cmd::Enroll);
+    let ctx = prepare(&h, Cmd::Enroll);
     let before = h.issuance();
     // An empty token: every slot check fails.
     let none = h.issuance().since(&before);
