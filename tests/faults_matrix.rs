@@ -477,6 +477,7 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
     let t_second = t0.elapsed();
     broken.extend(check_issuance(cmd, &after, completed));
     broken.extend(check_card(h, cmd, &ctx, start_tries, &after));
+    broken.extend(check_secrets(h, cmd, &ctx, &[&first_text, &second_text]));
     eprintln!(
         "timing {} {}: broken run {:.1}s, re-run {:.1}s, checks {:.1}s",
         cmd.name(),
@@ -678,6 +679,73 @@ fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuan
                 broken.push(format!(
                     "slot-key-matches: slot {slot}: the key does not match the certificate"
                 ));
+            }
+        }
+    }
+    broken
+}
+
+/// No escrowed secret in pivault's output, nor in any file it wrote outside its journal,
+/// and the journal owner-only (station; the secrets are random there, so a match is real).
+fn check_secrets(h: &Harness, cmd: Cmd, ctx: &Ctx, outputs: &[&str]) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut broken = Vec::new();
+    if cmd != Cmd::Station {
+        return broken;
+    }
+    let Ok(rec) = escrowed(h, ctx.card.serial) else {
+        return broken; // reported by check_card
+    };
+    let secrets: Vec<(&str, String)> = ["pin", "puk", "mgmt_key"]
+        .iter()
+        .filter_map(|k| {
+            let v = rec["live"][*k].as_str()?;
+            (v.len() >= 6).then(|| (*k, v.to_string()))
+        })
+        .collect();
+    for (i, out) in outputs.iter().enumerate() {
+        for (k, v) in &secrets {
+            if out.contains(v.as_str()) {
+                broken.push(format!(
+                    "no-secret-in-output: the {k} appears in run {}'s output",
+                    i + 1
+                ));
+            }
+        }
+    }
+    let journal = ctx.dir.path().join("journal");
+    let mut stack = vec![ctx.dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&p) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            let in_journal = p.starts_with(&journal);
+            for (k, v) in &secrets {
+                if !text.contains(v.as_str()) {
+                    continue;
+                }
+                if !in_journal {
+                    broken.push(format!("no-secret-in-files: the {k} is in {}", p.display()));
+                } else if meta.permissions().mode() & 0o077 != 0 {
+                    broken.push(format!(
+                        "journal-owner-only: {} holds the {k} with mode {:o}",
+                        p.display(),
+                        meta.permissions().mode() & 0o777
+                    ));
+                }
             }
         }
     }
