@@ -380,6 +380,7 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
     let mut reached = false;
     let first_exit;
     let first_text;
+    let mut _resumer: Option<Resumer> = None;
     match point {
         Point::Vault(k, fault) => {
             h.proxy.set_rules(vec![Rule {
@@ -445,9 +446,10 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
                 std::thread::sleep(Duration::from_millis(10));
             }
             first_exit = wait_limited(&mut child);
-            // Resume the card (SIGUSR2), whether or not it paused.
+            // Resume the card (SIGUSR2), and keep resuming it for the rest of the cell: if
+            // the broken run ended before APDU n, the re-run would stop there instead.
             if let Ok(pid) = std::fs::read_to_string(rig.dir.join(format!("pid-{port}"))) {
-                let _ = Command::new("kill").args(["-USR2", pid.trim()]).status();
+                _resumer = Some(Resumer::start(pid.trim().to_string()));
             }
             first_text = out.join().unwrap_or_default();
         }
@@ -509,6 +511,35 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
         );
     }
     finish(cmd, point, reached, broken, t0, first_exit)
+}
+
+/// Sends SIGUSR2 to a card every 200 ms until dropped (a card that is not paused ignores
+/// it).
+struct Resumer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Resumer {
+    fn start(pid: String) -> Resumer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = Command::new("kill")
+                    .args(["-USR2", &pid])
+                    .stderr(Stdio::null())
+                    .status();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Resumer { stop }
+    }
+}
+
+impl Drop for Resumer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn finish(
