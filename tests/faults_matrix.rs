@@ -100,6 +100,9 @@ enum Cmd {
     /// `pivault unblock`: a blocked PIN, the factory PUK escrowed; new PIN from the
     /// environment, the PUK rotated (escrowed before it is applied).
     Unblock,
+    /// `pivault renew` of a token enrolled in 4 slots (factory credentials escrowed), every
+    /// certificate due (`--threshold 9000h` left, above the roles' max_ttl).
+    Renew,
 }
 
 impl Cmd {
@@ -108,6 +111,7 @@ impl Cmd {
             Cmd::Enroll => "enroll",
             Cmd::Station => "station",
             Cmd::Unblock => "unblock",
+            Cmd::Renew => "renew",
         }
     }
 
@@ -116,6 +120,7 @@ impl Cmd {
             "enroll" => Some(Cmd::Enroll),
             "station" => Some(Cmd::Station),
             "unblock" => Some(Cmd::Unblock),
+            "renew" => Some(Cmd::Renew),
             _ => None,
         }
     }
@@ -191,6 +196,13 @@ fn prepare(h: &Harness, cmd: Cmd) -> Ctx {
             ),
         )
         .expect("profile");
+    }
+    if cmd == Cmd::Renew {
+        let ctx = Ctx { card, dir, profile };
+        let o = run::run(command(h, Cmd::Enroll, &ctx));
+        assert!(o.status.success(), "enrolling before renew: {}", text(&o));
+        escrow_factory(h, &ctx.card, ctx.dir.path());
+        return ctx;
     }
     if cmd == Cmd::Unblock {
         escrow_factory(h, &card, dir.path());
@@ -275,6 +287,15 @@ fn command(h: &Harness, cmd: Cmd, ctx: &Ctx) -> Command {
                 "--vault-wait",
                 "20",
             ]);
+            c
+        }
+        Cmd::Renew => {
+            env.push(("PIVAULT_PIN".into(), PIN.into()));
+            let mut c = pivault(&env);
+            c.args(["renew", "--threshold", "9000h"]);
+            c.args(["--serial", &ctx.card.serial.to_string()]);
+            c.args(["--reader", &ctx.card.reader, "--state-dir"]);
+            c.arg(ctx.dir.path().join("state"));
             c
         }
         Cmd::Unblock => {
@@ -608,7 +629,7 @@ fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuan
     let dir = ctx.dir.path();
     let mut puk = None;
     let pin = match cmd {
-        Cmd::Enroll => Some(PIN.to_string()),
+        Cmd::Enroll | Cmd::Renew => Some(PIN.to_string()),
         Cmd::Station | Cmd::Unblock => match escrowed(h, ctx.card.serial) {
             Ok(rec) => {
                 puk = rec["live"]["puk"].as_str().map(str::to_string);
