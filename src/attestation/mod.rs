@@ -28,18 +28,22 @@
 //! a self-signed bundle root is reached. Signatures are checked with RustCrypto (`sig`).
 
 mod bundle;
+mod ext;
 mod policy;
 pub mod sig;
 #[cfg(test)]
 mod tests;
+mod types;
 
 pub use bundle::{BundleError, TrustBundle, DEFAULT_BUNDLE_PEM};
+use ext::Extensions;
 pub use policy::{advisories, parse_firmware, Advisory, AttestationPolicy, PolicyRefusal};
+pub use types::{Edition, FormFactor, KeyAlgorithm};
 
 use crate::piv::{FirmwareVersion, PinPolicy, Slot, TouchPolicy};
 use const_oid::ObjectIdentifier;
 use der::{Decode, Encode, Reader};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use spki::SubjectPublicKeyInfoOwned;
 use std::fmt;
 use std::time::SystemTime;
@@ -139,136 +143,6 @@ pub enum AttestationError {
     SerialNotAttested(FirmwareVersion),
     #[error("{which}: the chain to a root is longer than {MAX_ISSUERS} certificates")]
     ChainTooLong { which: Which },
-}
-
-/// Key types a YubiKey generates (RSA-1024 and X25519 included: they can be attested).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyAlgorithm {
-    Rsa1024,
-    Rsa2048,
-    Rsa3072,
-    Rsa4096,
-    P256,
-    P384,
-    Ed25519,
-    X25519,
-}
-
-impl KeyAlgorithm {
-    pub fn is_rsa(self) -> bool {
-        matches!(
-            self,
-            KeyAlgorithm::Rsa1024
-                | KeyAlgorithm::Rsa2048
-                | KeyAlgorithm::Rsa3072
-                | KeyAlgorithm::Rsa4096
-        )
-    }
-
-    /// ECDSA keys (P-256/P-384), the ones YSA-2024-03 is about.
-    pub fn is_ecdsa(self) -> bool {
-        matches!(self, KeyAlgorithm::P256 | KeyAlgorithm::P384)
-    }
-
-    /// pivault's generation type for this key, when it has one.
-    pub fn piv(self) -> Option<crate::piv::Algorithm> {
-        use crate::piv::Algorithm as A;
-        Some(match self {
-            KeyAlgorithm::Rsa2048 => A::Rsa2048,
-            KeyAlgorithm::Rsa3072 => A::Rsa3072,
-            KeyAlgorithm::Rsa4096 => A::Rsa4096,
-            KeyAlgorithm::P256 => A::P256,
-            KeyAlgorithm::P384 => A::P384,
-            KeyAlgorithm::Ed25519 => A::Ed25519,
-            KeyAlgorithm::Rsa1024 | KeyAlgorithm::X25519 => return None,
-        })
-    }
-
-    /// The type of a SubjectPublicKeyInfo.
-    pub fn of(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyAlgorithm, AttestationError> {
-        let oid = spki.algorithm.oid;
-        if oid == OID_RSA {
-            use rsa::{pkcs8::DecodePublicKey, traits::PublicKeyParts};
-            let der = spki
-                .to_der()
-                .map_err(|e| AttestationError::UnsupportedKey(e.to_string()))?;
-            let key = rsa::RsaPublicKey::from_public_key_der(&der)
-                .map_err(|e| AttestationError::UnsupportedKey(format!("RSA: {e}")))?;
-            return match key.size() * 8 {
-                1024 => Ok(KeyAlgorithm::Rsa1024),
-                2048 => Ok(KeyAlgorithm::Rsa2048),
-                3072 => Ok(KeyAlgorithm::Rsa3072),
-                4096 => Ok(KeyAlgorithm::Rsa4096),
-                n => Err(AttestationError::UnsupportedKey(format!("RSA-{n}"))),
-            };
-        }
-        if oid == OID_EC {
-            let curve: Option<ObjectIdentifier> = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.decode_as().ok());
-            return match curve {
-                Some(c) if c == OID_P256 => Ok(KeyAlgorithm::P256),
-                Some(c) if c == OID_P384 => Ok(KeyAlgorithm::P384),
-                c => Err(AttestationError::UnsupportedKey(format!("EC curve {c:?}"))),
-            };
-        }
-        match oid {
-            o if o == OID_ED25519 => Ok(KeyAlgorithm::Ed25519),
-            o if o == OID_X25519 => Ok(KeyAlgorithm::X25519),
-            o => Err(AttestationError::UnsupportedKey(o.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for KeyAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok();
-        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
-    }
-}
-
-/// The device shape, from extension 41482.3.9 (values as in ykman's FORM_FACTOR; the
-/// high bits are flags: 0x80 FIPS, 0x40 "Security Key").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FormFactor {
-    Unknown,
-    UsbAKeychain,
-    UsbANano,
-    UsbCKeychain,
-    UsbCNano,
-    UsbCLightning,
-    UsbABio,
-    UsbCBio,
-}
-
-impl FormFactor {
-    fn from_byte(b: u8) -> Option<FormFactor> {
-        Some(match b & 0x0f {
-            0 => FormFactor::Unknown,
-            1 => FormFactor::UsbAKeychain,
-            2 => FormFactor::UsbANano,
-            3 => FormFactor::UsbCKeychain,
-            4 => FormFactor::UsbCNano,
-            5 => FormFactor::UsbCLightning,
-            6 => FormFactor::UsbABio,
-            7 => FormFactor::UsbCBio,
-            _ => return None,
-        })
-    }
-}
-
-/// Certified edition, from the F9 certificate's 41482.3.10 / .11 (and the form factor's
-/// FIPS flag, which Yubico documents as 0x8n "for FIPS devices").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Edition {
-    Standard,
-    Fips,
-    Cspn,
 }
 
 /// What a verified attestation proves about a key.
@@ -525,123 +399,4 @@ fn slot_of(subject: &x509_cert::name::Name) -> Option<Slot> {
     u8::from_str_radix(hex.trim(), 16)
         .ok()
         .and_then(Slot::from_byte)
-}
-
-/// The Yubico extensions of one certificate.
-struct Extensions<'a> {
-    which: Which,
-    list: Vec<&'a x509_cert::ext::Extension>,
-}
-
-impl<'a> Extensions<'a> {
-    fn of(cert: &'a Certificate, which: Which) -> Result<Self, AttestationError> {
-        let list: Vec<_> = cert
-            .tbs_certificate()
-            .extensions()
-            .map(|e| e.iter().collect())
-            .unwrap_or_default();
-        // RFC 5280 §4.2: a certificate MUST NOT include more than one instance of an
-        // extension; two firmware values would be a forgery's way to say two things.
-        for (i, e) in list.iter().enumerate() {
-            if list[..i].iter().any(|o| o.extn_id == e.extn_id) {
-                return Err(AttestationError::Malformed {
-                    which,
-                    detail: format!("extension {} appears twice", e.extn_id),
-                });
-            }
-        }
-        Ok(Extensions { which, list })
-    }
-
-    fn get(&self, oid: ObjectIdentifier) -> Option<&'a [u8]> {
-        self.list
-            .iter()
-            .find(|e| e.extn_id == oid)
-            .map(|e| e.extn_value.as_bytes())
-    }
-
-    fn has(&self, oid: ObjectIdentifier) -> bool {
-        self.get(oid).is_some()
-    }
-
-    fn malformed(&self, name: &'static str, oid: ObjectIdentifier, d: String) -> AttestationError {
-        AttestationError::MalformedExtension {
-            which: self.which.clone(),
-            name,
-            oid,
-            detail: d,
-        }
-    }
-
-    /// 41482.3.3: three bytes, major minor patch.
-    fn firmware(&self, which: Which) -> Result<FirmwareVersion, AttestationError> {
-        let name = "firmware version";
-        match self.get(OID_FIRMWARE) {
-            Some(&[a, b, c]) => Ok(FirmwareVersion::new(a, b, c)),
-            Some(v) => {
-                Err(self.malformed(name, OID_FIRMWARE, format!("{} bytes, want 3", v.len())))
-            }
-            None => Err(AttestationError::MissingExtension {
-                which,
-                name,
-                oid: OID_FIRMWARE,
-            }),
-        }
-    }
-
-    /// 41482.3.7: a DER INTEGER.
-    fn serial(&self, _which: Which) -> Result<Option<u32>, AttestationError> {
-        self.get(OID_SERIAL)
-            .map(|v| {
-                u32::from_der(v)
-                    .map_err(|e| self.malformed("serial number", OID_SERIAL, e.to_string()))
-            })
-            .transpose()
-    }
-
-    /// 41482.3.8: PIN policy byte, touch policy byte (01 never, 02 once, 03 always;
-    /// 01 never, 02 always, 03 cached).
-    fn policies(&self) -> Result<(PinPolicy, TouchPolicy), AttestationError> {
-        let name = "PIN and touch policy";
-        let v = self
-            .get(OID_POLICY)
-            .ok_or(AttestationError::MissingExtension {
-                which: self.which.clone(),
-                name,
-                oid: OID_POLICY,
-            })?;
-        let &[pin, touch] = v else {
-            return Err(self.malformed(name, OID_POLICY, format!("{} bytes, want 2", v.len())));
-        };
-        let pin = match pin {
-            1 => PinPolicy::Never,
-            2 => PinPolicy::Once,
-            3 => PinPolicy::Always,
-            b => {
-                return Err(self.malformed(name, OID_POLICY, format!("PIN policy {b:#04x}")));
-            }
-        };
-        let touch = match touch {
-            1 => TouchPolicy::Never,
-            2 => TouchPolicy::Always,
-            3 => TouchPolicy::Cached,
-            b => {
-                return Err(self.malformed(name, OID_POLICY, format!("touch policy {b:#04x}")));
-            }
-        };
-        Ok((pin, touch))
-    }
-
-    /// 41482.3.9: one byte (firmware 5 and later).
-    fn form_factor(&self) -> Result<Option<u8>, AttestationError> {
-        match self.get(OID_FORM_FACTOR) {
-            None => Ok(None),
-            Some(&[b]) => Ok(Some(b)),
-            Some(v) => Err(self.malformed(
-                "form factor",
-                OID_FORM_FACTOR,
-                format!("{} bytes, want 1", v.len()),
-            )),
-        }
-    }
 }
