@@ -3,7 +3,9 @@
 //!
 //! These tests pin down the card the other integration tests build on. Each starts its own
 //! card(s) in its own reader(s) (see `common::card`), so they run in parallel under
-//! `cargo test` and `cargo nextest`.
+//! `cargo test` and `cargo nextest`. Firmware profiles: the rig's default (5.2.7) unless a
+//! test names one; 5.7.4 is the card's own default (AES-192 management key).
+//! Yubico's own suite (ykman 5.9.2's device tests) runs in `scripts/ykman-conformance`.
 
 mod common;
 
@@ -16,12 +18,17 @@ use std::time::Duration;
 use common::card::{Card, CardOptions};
 
 const PIN: &str = "123456";
-/// The default 3DES management key (Yubico and piv-authenticator alike).
+/// The factory management key: 3DES before 5.7, AES-192 from 5.7, same bytes.
 const DEFAULT_MGM: &str = "010203040506070801020304050607080102030405060708";
 
 /// Runs a client with a 60 s limit; returns success and stdout + stderr.
 fn run(program: &str, args: &[&str]) -> (bool, String) {
-    let child = Command::new(program)
+    let mut command = Command::new(program);
+    if program == "pkcs11-tool" {
+        // OpenSC reaches only 4 readers by default; the rig has 8.
+        command.env("OPENSC_CONF", common::run::opensc_conf());
+    }
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -331,7 +338,7 @@ fn one_cards_state_is_not_visible_in_another() {
 
 #[test]
 fn ykman_pin_protected_management_key_round_trip() {
-    // Exercises the objects the bridge keeps: ADMIN DATA (5FFF00) and PRINTED (5FC109).
+    // ADMIN DATA (5FFF00) and the PIN-protected PRINTED object (5FC109), as ykman uses them.
     let mut card = Card::start();
     ykman(
         &card,
@@ -388,8 +395,8 @@ fn yubikey_crate_opens_the_card_by_serial() {
 
 #[test]
 fn yubikey_crate_generates_an_rsa_key_and_signs_with_it() {
-    // RSA-2048 signing chains the command (256 bytes of input) and the response: the
-    // bridge must frame the reply by the last APDU of the chain, not as "extended".
+    // RSA-2048 signing chains the command (256 bytes of input) and the response (61xx /
+    // GET RESPONSE).
     use der::Encode;
     use rsa::pkcs8::DecodePublicKey;
     use rsa::sha2::{Digest, Sha256};
@@ -433,4 +440,373 @@ fn yubikey_crate_generates_an_rsa_key_and_signs_with_it() {
     public
         .verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &hash, &signature)
         .expect("the card's RSA signature verifies");
+}
+
+fn card_on(version: &str) -> Card {
+    Card::start_with(CardOptions {
+        version: Some(version.into()),
+        ..CardOptions::default()
+    })
+}
+
+#[test]
+fn yubico_piv_tool_status_on_every_profile() {
+    // 4.3.7 has no GET SERIAL in PIV: yubico-piv-tool reads it from the OTP applet.
+    for version in ["4.3.7", "5.2.7", "5.4.3", "5.7.2", "5.7.4"] {
+        let card = card_on(version);
+        let (success, text) = piv_tool(&card, &["-a", "status"]);
+        assert!(success, "{version}: {text}");
+        assert!(text.contains(&format!("Version:\t{version}")), "{text}");
+        assert!(
+            text.contains(&format!("Serial Number:\t{}", card.serial)),
+            "{version}: {text}"
+        );
+    }
+}
+
+#[test]
+fn ykman_piv_info_reports_metadata_where_the_firmware_has_it() {
+    // Debian's ykman 4.0.9 asks GET METADATA from 5.3: the PUK tries and the management
+    // key algorithm come from it (without metadata it shows "PIN tries remaining: 3" and
+    // assumes TDES).
+    for (version, metadata, algorithm) in [
+        ("4.3.7", false, "TDES"),
+        ("5.2.7", false, "TDES"),
+        ("5.4.3", true, "TDES"),
+        ("5.7.4", true, "AES192"),
+    ] {
+        let card = card_on(version);
+        let info = ykman(&card, &["piv", "info"]);
+        assert!(info.contains(&format!("PIV version: {version}")), "{info}");
+        assert!(
+            info.contains(&format!("Management key algorithm: {algorithm}")),
+            "{version}: {info}"
+        );
+        assert_eq!(
+            info.contains("PIN tries remaining: 3/3"),
+            metadata,
+            "{version}: {info}"
+        );
+    }
+}
+
+/// ykman 5 from PyPI: `PIVAULT_YKMAN5`, else the venv `scripts/ykman-conformance` makes.
+fn ykman5() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PIVAULT_YKMAN5") {
+        return Some(path.into());
+    }
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let path = home.join("pivault/ykman-5.9.2/venv/bin/ykman");
+    path.exists().then_some(path)
+}
+
+#[test]
+fn ykman_5_from_pypi_sees_a_usb_yubikey_with_piv_metadata() {
+    let Some(ykman5) = ykman5() else {
+        eprintln!(
+            "SKIPPED: no ykman 5 (set PIVAULT_YKMAN5, or run scripts/ykman-conformance once)"
+        );
+        return;
+    };
+    let ykman5 = ykman5.to_str().unwrap();
+    for (version, algorithm) in [("5.7.4", "AES192"), ("5.4.3", "TDES")] {
+        let card = card_on(version);
+        let device = ok(ykman5, &["--reader", &card.reader, "info"]);
+        assert!(
+            device.contains(&format!("Serial number: {}", card.serial)),
+            "{device}"
+        );
+        assert!(
+            device.contains(&format!("Firmware version: {version}")),
+            "{device}"
+        );
+        let info = ok(ykman5, &["--reader", &card.reader, "piv", "info"]);
+        assert!(
+            info.contains("PUK tries remaining:      3/3"),
+            "{version}: {info}"
+        );
+        assert!(info.contains(algorithm), "{version}: {info}");
+    }
+}
+
+/// The PKCS#11 slot id OpenSC gives `reader`.
+fn pkcs11_slot(module: &str, reader: &str) -> String {
+    let text = ok("pkcs11-tool", &["--module", module, "-L"]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Slot ") && l.ends_with(&format!(": {reader}")))
+        .unwrap_or_else(|| panic!("no PKCS#11 slot for {reader}:\n{text}"));
+    // "Slot 1 (0x4): Yubico ..." -> "0x4"
+    line.split(['(', ')']).nth(1).expect("slot id").to_string()
+}
+
+#[test]
+fn pkcs11_tool_signs_on_5_7_and_openssl_verifies() {
+    let card = card_on("5.7.4");
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("9a.pub.pem");
+    let public = public.to_str().unwrap();
+    // ykman authenticates with the AES-192 factory key (it reads the algorithm from
+    // metadata) and has the card sign the certificate.
+    ykman(
+        &card,
+        &[
+            "piv",
+            "keys",
+            "generate",
+            "-m",
+            DEFAULT_MGM,
+            "-a",
+            "ECCP256",
+            "9a",
+            public,
+        ],
+    );
+    ykman(
+        &card,
+        &[
+            "piv",
+            "certificates",
+            "generate",
+            "-m",
+            DEFAULT_MGM,
+            "-P",
+            PIN,
+            "-s",
+            "CN=pkcs11 on 5.7",
+            "9a",
+            public,
+        ],
+    );
+    let module = opensc_module();
+    let module = module.to_str().unwrap();
+    let slot = pkcs11_slot(module, &card.reader);
+    let data = dir.path().join("data");
+    std::fs::write(&data, b"signed by the virtual YubiKey through PKCS#11").unwrap();
+    let signature = dir.path().join("sig");
+    ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            module,
+            "--slot",
+            &slot,
+            "--login",
+            "--pin",
+            PIN,
+            "--sign",
+            "--id",
+            "01",
+            "--mechanism",
+            "ECDSA-SHA256",
+            "--signature-format",
+            "openssl",
+            "-i",
+            data.to_str().unwrap(),
+            "-o",
+            signature.to_str().unwrap(),
+        ],
+    );
+    let text = ok(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            public,
+            "-signature",
+            signature.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(text.contains("Verified OK"), "{text}");
+}
+
+#[test]
+fn yubikey_crate_on_5_7_uses_the_aes192_default_and_signs() {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    use rsa::sha2::{Digest, Sha256};
+    use yubikey::piv::{self, AlgorithmId, SlotId};
+    use yubikey::{MgmKey, PinPolicy, TouchPolicy, YubiKey};
+
+    let card = card_on("5.7.4");
+    let mut yk = YubiKey::open_by_serial(yubikey::Serial(card.serial)).expect("open");
+    let mgm = MgmKey::get_default(&yk).expect("default management key for 5.7");
+    yk.authenticate(&mgm)
+        .expect("AES-192 factory management key");
+    let spki = piv::generate(
+        &mut yk,
+        SlotId::Signature,
+        AlgorithmId::EccP256,
+        PinPolicy::Default,
+        TouchPolicy::Default,
+    )
+    .expect("generate P-256");
+    let point = spki.subject_public_key.raw_bytes();
+    let verifying = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
+    // 9c: PIN policy "always": one verification, one signature.
+    let hash = Sha256::digest(b"pivault vcard 5.7");
+    yk.verify_pin(PIN.as_bytes()).expect("PIN");
+    let der =
+        piv::sign_data(&mut yk, &hash, AlgorithmId::EccP256, SlotId::Signature).expect("sign");
+    let signature = p256::ecdsa::Signature::from_der(&der).unwrap();
+    verifying.verify_prehash(&hash, &signature).unwrap();
+    assert!(
+        piv::sign_data(&mut yk, &hash, AlgorithmId::EccP256, SlotId::Signature).is_err(),
+        "9c signed twice on one PIN verification"
+    );
+}
+
+#[test]
+fn touch_timeout_refuses_a_touch_key_and_ok_touches() {
+    use yubikey::piv::{self, AlgorithmId, SlotId};
+    use yubikey::{MgmKey, PinPolicy, TouchPolicy, YubiKey};
+
+    for (touch, signs) in [("timeout", false), ("300", true)] {
+        let card = Card::start_with(CardOptions {
+            version: Some("5.7.4".into()),
+            args: vec!["--touch".into(), touch.into()],
+            ..CardOptions::default()
+        });
+        let mut yk = YubiKey::open_by_serial(yubikey::Serial(card.serial)).expect("open");
+        let mgm = MgmKey::get_default(&yk).unwrap();
+        yk.authenticate(&mgm).unwrap();
+        piv::generate(
+            &mut yk,
+            SlotId::Authentication,
+            AlgorithmId::EccP256,
+            PinPolicy::Once,
+            TouchPolicy::Always,
+        )
+        .expect("generate");
+        yk.verify_pin(PIN.as_bytes()).unwrap();
+        let started = std::time::Instant::now();
+        let signed = piv::sign_data(
+            &mut yk,
+            &[7u8; 32],
+            AlgorithmId::EccP256,
+            SlotId::Authentication,
+        );
+        assert_eq!(signed.is_ok(), signs, "--touch {touch}: {signed:?}");
+        if signs {
+            assert!(started.elapsed() >= Duration::from_millis(300));
+        }
+    }
+}
+
+/// Raw PC/SC access to a card's reader.
+fn pcsc_connect(card: &Card) -> pcsc::Card {
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+    let reader = CString::new(card.reader.clone()).unwrap();
+    ctx.connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+        .unwrap()
+}
+
+fn transmit(conn: &pcsc::Card, apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
+    let mut buf = [0u8; 300];
+    conn.transmit(apdu, &mut buf).map(<[u8]>::to_vec)
+}
+
+const SELECT_PIV: [u8; 10] = [0x00, 0xA4, 0x04, 0x00, 0x05, 0xA0, 0x00, 0x00, 0x03, 0x08];
+
+fn verify_apdu(pin: &[u8]) -> Vec<u8> {
+    let mut apdu = vec![0x00, 0x20, 0x00, 0x80, 0x08];
+    apdu.extend_from_slice(pin);
+    apdu.resize(13, 0xFF);
+    apdu
+}
+
+#[test]
+fn fault_vanish_pulls_the_card_at_apdu_n_and_keeps_what_was_answered() {
+    // Other tests' clients (pkcs11-tool -L, ykman) probe every card on the machine, so the
+    // count may have moved before we hold the card: take it exclusively, read the count,
+    // pad with GET VERSION, then SELECT (N-2), CHANGE REFERENCE (N-1, answered: on disk)
+    // and VERIFY (N): the card vanishes before processing it.
+    const N: u64 = 200;
+    let mut card = Card::start_with(CardOptions {
+        args: vec!["--fault".into(), format!("vanish@{N}")],
+        ..CardOptions::default()
+    });
+    let conn = pcsc_exclusive(&card);
+    let mut count = card.apdu_count();
+    assert!(
+        count + 3 < N,
+        "{count} APDUs already: others probed the card too much"
+    );
+    const GET_VERSION: [u8; 5] = [0x00, 0xFD, 0x00, 0x00, 0x00];
+    while count + 3 < N {
+        transmit(&conn, &GET_VERSION).unwrap();
+        count += 1;
+    }
+    assert!(transmit(&conn, &SELECT_PIV)
+        .unwrap()
+        .ends_with(&[0x90, 0x00]));
+    let mut change = vec![0x00, 0x24, 0x00, 0x80, 0x10];
+    change.extend_from_slice(b"123456\xFF\xFF654321\xFF\xFF");
+    assert_eq!(transmit(&conn, &change).unwrap(), [0x90, 0x00]);
+    // vpcd reports a card gone mid-command as an error or an answer without status word.
+    let answer = transmit(&conn, &verify_apdu(b"654321"));
+    assert!(
+        answer.as_ref().map_or(true, |r| r.len() < 2),
+        "the card answered APDU {N}: {answer:02x?}"
+    );
+    assert_eq!(card.exit_code(Duration::from_secs(10)), Some(5));
+    drop(conn);
+
+    // Plugged in again (same state, no fault): the PIN change survived.
+    let again = Card::start_with(CardOptions {
+        serial: Some(card.serial),
+        state: Some(card.state.clone()),
+        ..CardOptions::default()
+    });
+    let conn = pcsc_connect(&again);
+    assert!(transmit(&conn, &SELECT_PIV)
+        .unwrap()
+        .ends_with(&[0x90, 0x00]));
+    assert_eq!(
+        transmit(&conn, &verify_apdu(b"654321")).unwrap(),
+        [0x90, 0x00]
+    );
+}
+
+/// An exclusive connection (other processes wait), retried while someone else holds it.
+fn pcsc_exclusive(card: &Card) -> pcsc::Card {
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+    let reader = CString::new(card.reader.clone()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match ctx.connect(&reader, pcsc::ShareMode::Exclusive, pcsc::Protocols::ANY) {
+            Ok(conn) => return conn,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("exclusive connect: {err}; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(err) => panic!("no exclusive connection to {}: {err}", card.reader),
+        }
+    }
+}
+
+#[test]
+fn fault_pause_after_holds_the_answer_until_sigusr2() {
+    let card = Card::start_with(CardOptions {
+        args: vec!["--fault".into(), "pause-after@2".into()],
+        ..CardOptions::default()
+    });
+    let reader = card.reader.clone();
+    let client =
+        std::thread::spawn(move || run("yubico-piv-tool", &["-r", &reader, "-a", "status"]));
+    let line = card
+        .wait_line("paused apdu=", Duration::from_secs(20))
+        .expect("the card paused");
+    assert!(line.starts_with("paused apdu=2 ins="), "{line}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !client.is_finished(),
+        "the client got its answer while paused"
+    );
+    card.resume();
+    let (success, text) = client.join().unwrap();
+    assert!(success, "{text}");
 }

@@ -68,18 +68,27 @@ pub struct CardOptions {
     pub version: Option<String>,
     /// State file to use (and keep); default: a new file in a temporary directory.
     pub state: Option<PathBuf>,
+    /// More pivault-vcard flags (`--touch timeout`, `--fault pause-after@5`, ...).
+    pub args: Vec<String>,
+}
+
+/// Firmware of cards started without `CardOptions::version`: `$PIVAULT_VCARD_VERSION`,
+/// else 5.2.7 (pivault's tests run the whole suite on another profile with it).
+pub fn default_version() -> String {
+    std::env::var("PIVAULT_VCARD_VERSION").unwrap_or_else(|_| "5.2.7".into())
 }
 
 /// A virtual YubiKey in a virtual reader.
 pub struct Card {
     pub serial: u32,
-    /// PC/SC reader name, e.g. "Virtual PCD 00 01".
+    /// PC/SC reader name, e.g. "Yubico YubiKey CCID vpcd 35963 00 01" (setup-readers.sh).
     pub reader: String,
     /// vpcd TCP port of that reader.
     pub port: u16,
     /// The card's state file (keys, certificates, PIN, objects).
     pub state: PathBuf,
     version: String,
+    args: Vec<String>,
     process: Option<CardProcess>,
     _reader_lock: File,
     _state_dir: Option<tempfile::TempDir>,
@@ -118,7 +127,8 @@ impl Card {
             reader,
             port,
             state,
-            version: opts.version.unwrap_or_else(|| "5.2.7".into()),
+            version: opts.version.unwrap_or_else(default_version),
+            args: opts.args,
             process: None,
             _reader_lock: lock,
             _state_dir: state_dir,
@@ -146,6 +156,45 @@ impl Card {
             self.serial
         );
         self.spawn(&vcard_bin());
+    }
+
+    /// The next stdout line of the card that starts with `prefix` (e.g. "paused apdu="),
+    /// waiting up to `timeout`; `None` if none came (or the card exited).
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> Option<String> {
+        let process = self.process.as_ref()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match process.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// SIGUSR2: a card paused by `--fault pause-…@N` goes on.
+    pub fn resume(&self) {
+        if let Some(process) = &self.process {
+            signal(process.child.id(), "USR2");
+        }
+    }
+
+    /// The card process's exit code once it has exited (waits up to `timeout`), e.g. 5
+    /// after `--fault vanish@N`; the card then counts as removed.
+    pub fn exit_code(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let process = self.process.as_mut()?;
+            if let Ok(Some(status)) = process.child.try_wait() {
+                self.process = None;
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// APDUs served by the running card process (counts restart at 0 on `insert`).
@@ -185,6 +234,7 @@ impl Card {
             .arg("--state")
             .arg(&self.state)
             .args(["--connect-timeout", "10", "--exit-with-stdin"])
+            .args(&self.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

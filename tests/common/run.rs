@@ -62,7 +62,17 @@ pub fn ok(c: Command) -> Output {
 }
 
 pub fn tool(name: &str) -> Command {
-    Command::new(name)
+    let mut c = Command::new(name);
+    if name == "pkcs11-tool" {
+        c.env("OPENSC_CONF", opensc_conf());
+    }
+    c
+}
+
+/// fixtures/pcsc/opensc.conf: OpenSC's PKCS#11 module reaches only the first 4 readers by
+/// default; the rig has 8.
+pub fn opensc_conf() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pcsc/opensc.conf")
 }
 
 /// The certificate in a slot, as PEM, read by yubico-piv-tool (a third party).

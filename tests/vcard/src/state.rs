@@ -1,122 +1,103 @@
-//! Card state: the trussed flash images and the objects the bridge keeps, and the file that
-//! holds them between runs (`--state FILE`).
+//! The card's persistent state and the file that holds it between runs (`--state FILE`).
 //!
-//! The flash lives in RAM ([`Image`]) so that littlefs never waits for the disk; after every
-//! APDU that changed something, the whole state is written to `FILE.tmp` and renamed over
-//! `FILE` *before* the response goes out, so a card killed at any point restarts with either
-//! the old or the new state, never half of each — like a real token's flash.
+//! After every APDU that changed something the whole state is written to `FILE.tmp` and
+//! renamed over `FILE` *before* the response goes out, so a card killed at any point
+//! restarts with either the old or the new state, never half of each — like a real
+//! token's flash. The file is JSON (format 2): readable when a test fails. It holds key
+//! material in the clear: it is a test card; the file is created mode 0600.
 
 use std::{
-    cell::RefCell,
     collections::BTreeMap,
     fmt, fs, io,
     path::{Path, PathBuf},
-    rc::Rc,
 };
 
-use littlefs2::{consts, driver::Storage, io::Error as FsError};
-use trussed::virt::{StorageConfig, StoreConfig};
+use serde::{Deserialize, Serialize};
 
-/// littlefs geometry of the internal and external filesystems. 256 KiB each: a real
-/// YubiKey 5 has about 51 KB for PIV objects, so this never is the limit in tests.
-const BLOCK_SIZE: usize = 512;
-const BLOCK_COUNT: usize = 512;
-pub const IMAGE_LEN: usize = BLOCK_SIZE * BLOCK_COUNT;
+use crate::firmware::Firmware;
+use crate::keys::StoredKey;
 
-/// A flash image in RAM, shared between littlefs (through [`Flash`]) and the state file.
-#[derive(Clone)]
-pub struct Image(Rc<RefCell<ImageData>>);
+const FORMAT: u32 = 2;
 
-struct ImageData {
-    bytes: Vec<u8>,
-    dirty: bool,
+/// PIN and PUK factory values (Yubico PIV defaults), padded to 8 bytes with FF.
+pub const DEFAULT_PIN: &[u8; 8] = b"123456\xFF\xFF";
+pub const DEFAULT_PUK: &[u8; 8] = b"12345678";
+/// Factory management key: 01..08 three times (3DES before 5.7, AES-192 from 5.7).
+pub const DEFAULT_MGMT_KEY: [u8; 24] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+];
+/// Retry counters after manufacture and after RESET.
+pub const DEFAULT_TRIES: u8 = 3;
+
+/// Everything that survives a power cycle.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CardState {
+    pub format: u32,
+    pub serial: Option<u32>,
+    /// The test attestation CA (keys and certificates, PEM) from attest.rs.
+    pub attestation_ca: Option<String>,
+    pub piv: PivState,
 }
 
-impl Image {
-    /// An erased chip (NOR flash reads 0xFF after erase).
-    pub fn blank() -> Self {
-        Self::from_bytes(vec![0xFF; IMAGE_LEN])
-    }
+/// The PIV applet's persistent data.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PivState {
+    /// PIN and PUK, 8 bytes padded with FF, hex.
+    pub pin: String,
+    pub puk: String,
+    pub pin_tries_total: u8,
+    pub pin_tries_left: u8,
+    pub puk_tries_total: u8,
+    pub puk_tries_left: u8,
+    pub mgmt: MgmtKey,
+    /// Keys by slot ("9a", "f9", …).
+    pub slots: BTreeMap<String, SlotKey>,
+    /// Data objects by tag ("5fc105", "7e", …): the value inside tag 53, hex.
+    pub objects: BTreeMap<String, String>,
+}
 
-    fn from_bytes(bytes: Vec<u8>) -> Self {
-        Self(Rc::new(RefCell::new(ImageData {
-            bytes,
-            dirty: false,
-        })))
-    }
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MgmtKey {
+    pub algorithm: u8,
+    pub key: String,
+    /// Touch policy: 1 never, 2 always (SET MGMT KEY with P2 = FE).
+    pub touch: u8,
+}
 
-    /// Whether littlefs wrote to the image since the last call; clears the flag.
-    pub fn take_dirty(&self) -> bool {
-        std::mem::take(&mut self.0.borrow_mut().dirty)
-    }
-
-    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        f(&self.0.borrow().bytes)
+impl fmt::Debug for MgmtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MgmtKey {{ algorithm: {:#04x}, .. }}", self.algorithm)
     }
 }
 
-/// littlefs's view of an [`Image`].
-struct Flash(Image);
+/// A key in a slot with its policies (resolved: never "default") and origin.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotKey {
+    pub key: StoredKey,
+    pub pin_policy: u8,
+    pub touch_policy: u8,
+    pub generated: bool,
+}
 
-impl Flash {
-    fn range(off: usize, len: usize) -> Result<std::ops::Range<usize>, FsError> {
-        match off.checked_add(len) {
-            Some(end) if end <= IMAGE_LEN => Ok(off..end),
-            _ => Err(FsError::NO_SPACE),
+impl PivState {
+    /// A PIV applet as manufactured (or after RESET) on `firmware`.
+    pub fn factory(firmware: &Firmware) -> PivState {
+        PivState {
+            pin: hex::encode(DEFAULT_PIN),
+            puk: hex::encode(DEFAULT_PUK),
+            pin_tries_total: DEFAULT_TRIES,
+            pin_tries_left: DEFAULT_TRIES,
+            puk_tries_total: DEFAULT_TRIES,
+            puk_tries_left: DEFAULT_TRIES,
+            mgmt: MgmtKey {
+                algorithm: firmware.default_mgmt_algorithm(),
+                key: hex::encode(DEFAULT_MGMT_KEY),
+                touch: 1,
+            },
+            slots: BTreeMap::new(),
+            objects: BTreeMap::new(),
         }
     }
-}
-
-impl Storage for Flash {
-    const READ_SIZE: usize = 16;
-    const WRITE_SIZE: usize = 16;
-    const BLOCK_SIZE: usize = BLOCK_SIZE;
-    const BLOCK_COUNT: usize = BLOCK_COUNT;
-    const BLOCK_CYCLES: isize = -1;
-    type CACHE_SIZE = consts::U512;
-    // In units of 8 bytes: 64 bytes of lookahead bitmap = 512 blocks.
-    type LOOKAHEAD_SIZE = consts::U8;
-
-    fn read(&mut self, off: usize, buf: &mut [u8]) -> Result<usize, FsError> {
-        let range = Self::range(off, buf.len())?;
-        buf.copy_from_slice(&self.0 .0.borrow().bytes[range]);
-        Ok(buf.len())
-    }
-
-    fn write(&mut self, off: usize, data: &[u8]) -> Result<usize, FsError> {
-        let range = Self::range(off, data.len())?;
-        let mut image = self.0 .0.borrow_mut();
-        image.bytes[range].copy_from_slice(data);
-        image.dirty = true;
-        Ok(data.len())
-    }
-
-    fn erase(&mut self, off: usize, len: usize) -> Result<usize, FsError> {
-        let range = Self::range(off, len)?;
-        let mut image = self.0 .0.borrow_mut();
-        image.bytes[range].fill(0xFF);
-        image.dirty = true;
-        Ok(len)
-    }
-}
-
-/// What the bridge keeps outside the emulator (see `bridge.rs`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BridgeObjects {
-    /// Data objects by tag (5FFFxx, 5FC10C): the value inside tag 53.
-    pub objects: BTreeMap<u32, Vec<u8>>,
-    /// PRINTED (5FC109) was written since the last reset (the emulator pre-fills it).
-    pub printed_written: bool,
-}
-
-/// The card's persistent state.
-pub struct CardState {
-    pub serial: Option<u32>,
-    pub internal: Image,
-    pub external: Image,
-    /// True when the images hold filesystems (loaded from a file); false means format.
-    pub formatted: bool,
-    pub bridge: BridgeObjects,
 }
 
 #[derive(Debug)]
@@ -144,6 +125,8 @@ impl fmt::Display for StateError {
     }
 }
 
+impl std::error::Error for StateError {}
+
 /// Takes `FILE.lock` (created next to the state file) for the life of the returned handle.
 pub fn lock(path: &Path) -> Result<fs::File, StateError> {
     let mut name = path.as_os_str().to_owned();
@@ -162,138 +145,64 @@ pub fn lock(path: &Path) -> Result<fs::File, StateError> {
     }
 }
 
-impl std::error::Error for StateError {}
-
-// File format, version 1: MAGIC, then records `kind: u8, len: u32 big-endian, bytes`.
-const MAGIC: &[u8; 16] = b"pivault-vcard\x00\x00\x01";
-const REC_SERIAL: u8 = b'S';
-const REC_INTERNAL: u8 = b'I';
-const REC_EXTERNAL: u8 = b'E';
-const REC_OBJECT: u8 = b'O'; // tag as u32 big-endian, then the value
-const REC_PRINTED_WRITTEN: u8 = b'P';
-
 impl CardState {
-    /// A new card: blank flash, no objects.
-    pub fn fresh() -> Self {
-        Self {
+    /// A new card on `firmware`.
+    pub fn fresh(firmware: &Firmware) -> CardState {
+        CardState {
+            format: FORMAT,
             serial: None,
-            internal: Image::blank(),
-            external: Image::blank(),
-            formatted: false,
-            bridge: BridgeObjects::default(),
+            attestation_ca: None,
+            piv: PivState::factory(firmware),
         }
     }
 
     /// Loads `path`; a missing or empty file gives a fresh card.
-    pub fn load(path: &Path) -> Result<Self, StateError> {
+    pub fn load(path: &Path, firmware: &Firmware) -> Result<CardState, StateError> {
         let bytes = match fs::read(path) {
             Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Self::fresh()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Self::fresh(firmware)),
             Err(err) => return Err(StateError::Io(path.to_owned(), err)),
         };
         if bytes.is_empty() {
-            return Ok(Self::fresh());
+            return Ok(Self::fresh(firmware));
         }
         Self::decode(&bytes).map_err(|why| StateError::Corrupt(path.to_owned(), why))
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let mut rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or("bad magic or version")?;
-        let mut state = Self::fresh();
-        let (mut internal, mut external) = (None, None);
-        while !rest.is_empty() {
-            if rest.len() < 5 {
-                return Err("truncated record header".into());
-            }
-            let kind = rest[0];
-            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-            let body = rest.get(5..5 + len).ok_or("truncated record")?;
-            rest = &rest[5 + len..];
-            match kind {
-                REC_SERIAL => {
-                    let raw: [u8; 4] = body.try_into().map_err(|_| "bad serial record")?;
-                    state.serial = Some(u32::from_be_bytes(raw));
-                }
-                REC_INTERNAL | REC_EXTERNAL => {
-                    if body.len() != IMAGE_LEN {
-                        return Err(format!("flash image of {} bytes", body.len()));
-                    }
-                    let image = Some(Image::from_bytes(body.to_vec()));
-                    if kind == REC_INTERNAL {
-                        internal = image;
-                    } else {
-                        external = image;
-                    }
-                }
-                REC_OBJECT => {
-                    let tag = body.get(..4).ok_or("bad object record")?;
-                    let tag = u32::from_be_bytes(tag.try_into().expect("4 bytes"));
-                    state.bridge.objects.insert(tag, body[4..].to_vec());
-                }
-                REC_PRINTED_WRITTEN => state.bridge.printed_written = body == [1],
-                other => return Err(format!("unknown record kind {other:#04x}")),
-            }
+    pub fn decode(bytes: &[u8]) -> Result<CardState, String> {
+        let state: CardState = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if state.format != FORMAT {
+            return Err(format!(
+                "format {} (this card reads {FORMAT})",
+                state.format
+            ));
         }
-        match (internal, external) {
-            (Some(internal), Some(external)) => {
-                state.internal = internal;
-                state.external = external;
-                state.formatted = true;
-                Ok(state)
-            }
-            _ => Err("flash images missing".into()),
-        }
+        Ok(state)
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        fn record(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
-            let len: usize = parts.iter().map(|p| p.len()).sum();
-            out.push(kind);
-            out.extend_from_slice(&u32::try_from(len).expect("record < 4 GiB").to_be_bytes());
-            for part in parts {
-                out.extend_from_slice(part);
-            }
-        }
-        let mut out = Vec::with_capacity(MAGIC.len() + 2 * (IMAGE_LEN + 5) + 64);
-        out.extend_from_slice(MAGIC);
-        if let Some(serial) = self.serial {
-            record(&mut out, REC_SERIAL, &[&serial.to_be_bytes()]);
-        }
-        self.internal
-            .with_bytes(|b| record(&mut out, REC_INTERNAL, &[b]));
-        self.external
-            .with_bytes(|b| record(&mut out, REC_EXTERNAL, &[b]));
-        for (tag, value) in &self.bridge.objects {
-            record(&mut out, REC_OBJECT, &[&tag.to_be_bytes(), value]);
-        }
-        let printed = [u8::from(self.bridge.printed_written)];
-        record(&mut out, REC_PRINTED_WRITTEN, &[&printed]);
-        out
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain structs of strings and numbers cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
-    /// Writes the state atomically (temporary file + rename).
+    /// Writes the state atomically (temporary file + rename), owner-only.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let io_err = |err| StateError::Io(path.to_owned(), err);
-        fs::write(&tmp, self.encode()).map_err(io_err)?;
+        let mut file = fs::File::options()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err)?;
+        file.write_all(&self.encode()).map_err(io_err)?;
+        drop(file);
         fs::rename(&tmp, path).map_err(io_err)
-    }
-
-    /// trussed's store configuration: our two images, and a RAM volatile filesystem.
-    pub fn store_config(&self) -> StoreConfig<'static> {
-        let flash = |image: &Image| StorageConfig {
-            storage: Box::new(Flash(image.clone())),
-            format: !self.formatted,
-        };
-        StoreConfig {
-            internal: flash(&self.internal),
-            external: flash(&self.external),
-            volatile: StorageConfig::ram(),
-        }
     }
 }
 
@@ -303,26 +212,20 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let mut state = CardState::fresh();
+        let fw = Firmware::new([5, 7, 4]);
+        let mut state = CardState::fresh(&fw);
         state.serial = Some(10_000_001);
-        state
-            .bridge
-            .objects
-            .insert(0x5F_FF00, vec![0x80, 0x01, 0x01]);
-        state.bridge.printed_written = true;
-        state.internal.0.borrow_mut().bytes[7] = 0x42;
+        state.piv.objects.insert("5fff00".into(), "800101".into());
         let back = CardState::decode(&state.encode()).unwrap();
         assert_eq!(back.serial, Some(10_000_001));
-        assert_eq!(back.bridge, state.bridge);
-        assert!(back.formatted);
-        assert_eq!(back.internal.with_bytes(|b| b[7]), 0x42);
-        assert_eq!(back.external.with_bytes(|b| b[7]), 0xFF);
+        assert_eq!(back.piv.objects, state.piv.objects);
+        assert_eq!(back.piv.mgmt, state.piv.mgmt);
     }
 
     #[test]
     fn garbage_is_refused() {
         assert!(CardState::decode(b"hello").is_err());
-        let mut bytes = CardState::fresh().encode();
+        let mut bytes = CardState::fresh(&Firmware::new([5, 2, 7])).encode();
         bytes.truncate(bytes.len() - 3);
         assert!(CardState::decode(&bytes).is_err());
     }

@@ -1,0 +1,78 @@
+//! `--fault`: crash-test hooks at exact APDU boundaries.
+//!
+//! APDUs are numbered from 1 in the order the card receives them from vpcd (the same
+//! count `apdus=N` reports; GET RESPONSE and each command of a chain count as one).
+//! - `vanish@N`: on receiving APDU N, before processing it, the card disappears as if
+//!   pulled: the process prints `vanished apdu=N ins=XX` and exits with code 5, closing
+//!   the vpcd connection; persistent state is what APDU N−1 left (it is saved before each
+//!   answer), volatile state (PIN verified, management key authenticated) is gone.
+//! - `pause-before@N` / `pause-after@N`: at APDU N, before it is processed / after it is
+//!   processed and its state saved but before the answer is sent, print
+//!   `paused apdu=N ins=XX` on stdout and wait for SIGUSR2. A harness can SIGKILL the
+//!   client (or the card) while it waits.
+
+use std::io::Write as _;
+use std::sync::{Arc, Condvar, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Vanish(u64),
+    PauseBefore(u64),
+    PauseAfter(u64),
+}
+
+impl Fault {
+    pub fn parse(s: &str) -> Result<Fault, String> {
+        let usage = || format!("{s:?}: expected vanish@N, pause-before@N or pause-after@N (N ≥ 1)");
+        let (kind, n) = s.split_once('@').ok_or_else(usage)?;
+        let n: u64 = n.parse().map_err(|_| usage())?;
+        if n == 0 {
+            return Err(usage());
+        }
+        match kind {
+            "vanish" => Ok(Fault::Vanish(n)),
+            "pause-before" => Ok(Fault::PauseBefore(n)),
+            "pause-after" => Ok(Fault::PauseAfter(n)),
+            _ => Err(usage()),
+        }
+    }
+}
+
+/// Blocks the card thread until SIGUSR2 (see `main.rs`) calls [`Pauser::resume`].
+#[derive(Clone, Default)]
+pub struct Pauser(Arc<(Mutex<bool>, Condvar)>);
+
+impl Pauser {
+    pub fn pause(&self, apdu: u64, ins: u8) {
+        let (lock, wake) = &*self.0;
+        let mut resumed = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *resumed = false;
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "paused apdu={apdu} ins={ins:02X}");
+            let _ = out.flush();
+        }
+        while !*resumed {
+            resumed = wake.wait(resumed).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn resume(&self) {
+        let (lock, wake) = &*self.0;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!(Fault::parse("vanish@3"), Ok(Fault::Vanish(3)));
+        assert_eq!(Fault::parse("pause-after@12"), Ok(Fault::PauseAfter(12)));
+        assert!(Fault::parse("vanish@0").is_err());
+        assert!(Fault::parse("explode@1").is_err());
+    }
+}
