@@ -37,7 +37,9 @@ mod types;
 
 pub use bundle::{BundleError, TrustBundle, DEFAULT_BUNDLE_PEM};
 use ext::Extensions;
-pub use policy::{advisories, parse_firmware, Advisory, AttestationPolicy, PolicyRefusal};
+pub use policy::{
+    advisories, advisories_for, parse_firmware, Advisory, AttestationPolicy, PolicyRefusal,
+};
 pub use types::{Edition, FormFactor, KeyAlgorithm};
 
 use crate::piv::{FirmwareVersion, PinPolicy, Slot, TouchPolicy};
@@ -205,7 +207,12 @@ impl Attestation {
 
     /// Known-vulnerability advisories that apply to this key.
     pub fn advisories(&self) -> Vec<Advisory> {
-        advisories(self.firmware, self.algorithm)
+        policy::advisories_for(
+            self.firmware,
+            self.algorithm,
+            self.edition,
+            self.form_factor,
+        )
     }
 }
 

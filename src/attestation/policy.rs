@@ -26,7 +26,7 @@ pub enum Advisory {
     /// key. Always refused.
     #[serde(rename = "YSA-2017-01")]
     Roca,
-    /// YSA-2024-03 (EUCLEAK): ECDSA on firmware before 5.7.0 leaks the nonce through a
+    /// YSA-2024-03 (EUCLEAK): ECDSA on firmware before 5.7.0 (5.7.2 for FIPS and Bio) leaks the nonce through a
     /// side channel to an attacker with physical access and lab equipment. Flagged;
     /// refused when the policy sets `refuse_ecdsa_before_5_7`.
     #[serde(rename = "YSA-2024-03")]
@@ -49,8 +49,9 @@ impl Advisory {
                  computed from the public key; replace the token"
             }
             Advisory::Eucleak => {
-                "ECDSA key on firmware before 5.7.0 (EUCLEAK): physical access with lab \
-                 equipment may recover the key; prefer firmware 5.7+ for ECDSA"
+                "ECDSA key on firmware before 5.7.0 (5.7.2 for FIPS and Bio) (EUCLEAK): \
+                 physical access with lab equipment may recover the key; prefer newer \
+                 firmware for ECDSA"
             }
         }
     }
@@ -69,14 +70,33 @@ impl fmt::Display for Advisory {
     }
 }
 
-/// Advisories for a key of `algorithm` generated on `firmware`.
+/// Advisories for a key of `algorithm` generated on `firmware` (a standard YubiKey; see
+/// [`advisories_for`] when the edition and form factor are known, as after attestation).
 pub fn advisories(firmware: FirmwareVersion, algorithm: KeyAlgorithm) -> Vec<Advisory> {
+    advisories_for(firmware, algorithm, Edition::Standard, None)
+}
+
+/// Advisories for a key, with the edition and form factor: YSA-2024-03 is fixed in 5.7.0,
+/// but only in 5.7.2 for the YubiKey 5 FIPS and Bio series (Yubico, "Infineon ECDSA
+/// Private Key Recovery Customer Resources"). YSA-2017-01: YubiKey 4 firmware 4.2.6–4.3.4.
+pub fn advisories_for(
+    firmware: FirmwareVersion,
+    algorithm: KeyAlgorithm,
+    edition: Edition,
+    form_factor: Option<FormFactor>,
+) -> Vec<Advisory> {
     let mut out = Vec::new();
     let v = |a, b, c| FirmwareVersion::new(a, b, c);
     if algorithm.is_rsa() && firmware >= v(4, 2, 6) && firmware <= v(4, 3, 4) {
         out.push(Advisory::Roca);
     }
-    if algorithm.is_ecdsa() && firmware < v(5, 7, 0) {
+    let bio = matches!(form_factor, Some(FormFactor::UsbABio | FormFactor::UsbCBio));
+    let fixed = if edition == Edition::Fips || bio {
+        v(5, 7, 2)
+    } else {
+        v(5, 7, 0)
+    };
+    if algorithm.is_ecdsa() && firmware < fixed {
         out.push(Advisory::Eucleak);
     }
     out
@@ -118,8 +138,8 @@ pub enum PolicyRefusal {
     )]
     Roca(FirmwareVersion),
     #[error(
-        "ECDSA key on firmware {0}, before 5.7.0 (YSA-2024-03), and the policy refuses \
-         those: use a 5.7+ token or an RSA key"
+        "ECDSA key on firmware {0}, which has the EUCLEAK flaw (YSA-2024-03), and the \
+         policy refuses those: use a newer token or an RSA key"
     )]
     Eucleak(FirmwareVersion),
     #[error("firmware {firmware} is below the policy's minimum {min}")]

@@ -71,6 +71,14 @@ fn shipped_bundle_holds_yubicos_piv_roots_and_intermediates() {
             null_params: false
         })
     );
+    // A strict reader that wants RFC 4055's NULL refuses B2 1; the absent-parameters
+    // identifier is the one that matches (webpki's names for both, compared as DER).
+    let alg = b2.cert.signature_algorithm().to_der().expect("encodes");
+    let content = &alg[2..]; // webpki's identifiers omit the SEQUENCE header
+    let strict = webpki::ring::RSA_PKCS1_2048_8192_SHA256.signature_alg_id();
+    let absent = webpki::ring::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS.signature_alg_id();
+    assert_ne!(strict.as_ref(), content);
+    assert_eq!(absent.as_ref(), content);
     // Every header names a SHA-256 that matches its block.
     let fps: Vec<&str> = DEFAULT_BUNDLE_PEM
         .lines()
@@ -403,6 +411,15 @@ fn advisories_follow_yubicos_ranges() {
     assert!(advisories(v(5, 7, 0), KeyAlgorithm::P256).is_empty());
     assert!(advisories(v(5, 4, 3), KeyAlgorithm::Rsa2048).is_empty());
     assert!(advisories(v(5, 4, 3), KeyAlgorithm::Ed25519).is_empty());
+    // FIPS and Bio were fixed in 5.7.2.
+    let fips = advisories_for(v(5, 7, 0), KeyAlgorithm::P256, Edition::Fips, None);
+    assert_eq!(fips, [Advisory::Eucleak]);
+    let bio = Some(FormFactor::UsbCBio);
+    assert_eq!(
+        advisories_for(v(5, 7, 1), KeyAlgorithm::P384, Edition::Standard, bio),
+        [Advisory::Eucleak]
+    );
+    assert!(advisories_for(v(5, 7, 2), KeyAlgorithm::P256, Edition::Fips, bio).is_empty());
     assert_eq!(Advisory::Roca.id(), "YSA-2017-01");
     assert!(Advisory::Eucleak.to_string().starts_with("YSA-2024-03: "));
 }
