@@ -91,8 +91,16 @@ impl KeyAlgorithm {
 
 impl fmt::Display for KeyAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok();
-        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+        f.write_str(match self {
+            KeyAlgorithm::Rsa1024 => "rsa1024",
+            KeyAlgorithm::Rsa2048 => "rsa2048",
+            KeyAlgorithm::Rsa3072 => "rsa3072",
+            KeyAlgorithm::Rsa4096 => "rsa4096",
+            KeyAlgorithm::P256 => "p256",
+            KeyAlgorithm::P384 => "p384",
+            KeyAlgorithm::Ed25519 => "ed25519",
+            KeyAlgorithm::X25519 => "x25519",
+        })
     }
 }
 
