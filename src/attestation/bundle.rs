@@ -46,6 +46,14 @@ impl TrustBundle {
             .expect("the shipped attestation bundle parses")
     }
 
+    /// `--attestation-roots FILE` when given, else the shipped Yubico bundle.
+    pub fn load(replacement: Option<&Path>) -> Result<TrustBundle, BundleError> {
+        match replacement {
+            Some(path) => TrustBundle::from_file(path),
+            None => Ok(TrustBundle::yubico()),
+        }
+    }
+
     /// A bundle from a file of PEM certificates ('#' lines and other text between blocks
     /// are ignored): self-signed certificates become roots, the others intermediates.
     pub fn from_file(path: &Path) -> Result<TrustBundle, BundleError> {
@@ -120,13 +128,13 @@ impl TrustBundle {
 
     /// Walks from the F9 certificate up to a root: each step must be signed by a bundle
     /// certificate with the issuer's name and be valid at `at`. Returns the root's name
-    /// and the names passed on the way (F9 first).
+    /// and SHA-256 (hex) and the names passed on the way (F9 first).
     pub(super) fn chain_of(
         &self,
         f9: &Certificate,
         f9_der: &[u8],
         at: SystemTime,
-    ) -> Result<(String, Vec<String>), AttestationError> {
+    ) -> Result<(String, String, Vec<String>), AttestationError> {
         let mut names = vec![display_name(f9.tbs_certificate().subject())];
         let (mut cert, mut der, mut which) = (f9, f9_der, Which::F9);
         for _ in 0..MAX_ISSUERS {
@@ -142,7 +150,8 @@ impl TrustBundle {
                 match check_signature(cert, der, &root.cert, which.clone()) {
                     Ok(()) => {
                         check_validity(&root.cert, Which::Bundle(root.name.clone()), at)?;
-                        return Ok((root.name.clone(), names));
+                        let sha256 = crate::crypto::sha256_hex(&root.der);
+                        return Ok((root.name.clone(), sha256, names));
                     }
                     Err(e) => last_err = Some(e),
                 }

@@ -166,6 +166,9 @@ pub struct Attestation {
     pub edition: Edition,
     /// Name of the trusted root the chain ends at, e.g. "Yubico Attestation Root 1".
     pub root: String,
+    /// SHA-256 of the root certificate's DER, lowercase hex (two roots may share a name:
+    /// Yubico's 2016 and 2018 PIV root certificates, or a test root).
+    pub root_sha256: String,
     /// Names from the F9 certificate up to (not including) the root.
     pub chain: Vec<String>,
 }
@@ -238,7 +241,7 @@ pub fn verify(
     check_signature(&leaf, attestation_der, &f9, Which::SlotAttestation)?;
     check_validity(&leaf, Which::SlotAttestation, at)?;
     check_validity(&f9, Which::F9, at)?;
-    let (root, chain) = bundle.chain_of(&f9, f9_der, at)?;
+    let (root, root_sha256, chain) = bundle.chain_of(&f9, f9_der, at)?;
 
     let exts = Extensions::of(&leaf, Which::SlotAttestation)?;
     let f9_exts = Extensions::of(&f9, Which::F9)?;
@@ -290,6 +293,7 @@ pub fn verify(
         public_key,
         edition,
         root,
+        root_sha256,
         chain,
     })
 }

@@ -56,7 +56,11 @@ fn shipped_bundle_holds_yubicos_piv_roots_and_intermediates() {
     // Every intermediate chains to Attestation Root 1 with verified signatures, B2 1
     // included, whose RSA identifier has no NULL parameters.
     for e in &b.intermediates {
-        let (root, _) = b.chain_of(&e.cert, &e.der, now()).expect(&e.name);
+        let (root, sha, _) = b.chain_of(&e.cert, &e.der, now()).expect(&e.name);
+        assert_eq!(
+            sha,
+            "62760c6a6ef91679f454c8902b80fd009825b3f25da90f1fbace2ec6586cd5a8"
+        );
         assert_eq!(root, "Yubico Attestation Root 1", "{}", e.name);
     }
     let b2 = b
@@ -97,6 +101,11 @@ fn shipped_bundle_holds_yubicos_piv_roots_and_intermediates() {
 fn yubikey5_chain_through_the_2016_piv_root() {
     let a = verify_real("piv-go-yk5").expect("verifies");
     assert_eq!(a.root, "Yubico PIV Root CA Serial 263751");
+    // The 2018 certificate comes first in the bundle and has the same key.
+    assert_eq!(
+        a.root_sha256,
+        "63ece914e54dd87915f34033c85af4c0696ba1512f8add66ced738331207b546"
+    );
     assert_eq!(a.chain, ["Yubico PIV Attestation"]);
     assert_eq!(a.firmware, FirmwareVersion::new(5, 4, 3));
     assert_eq!(a.serial, Some(15_732_500));
@@ -369,6 +378,14 @@ fn bad_bundles_are_refused() {
         TrustBundle::from_file(&dir.path().join("missing.pem")),
         Err(BundleError::Read { .. })
     ));
+    assert_eq!(
+        TrustBundle::load(Some(&p))
+            .expect("loads")
+            .intermediate_names(),
+        TrustBundle::load(None)
+            .expect("default")
+            .intermediate_names()
+    );
 }
 
 fn synthetic(firmware: FirmwareVersion, algorithm: KeyAlgorithm) -> Attestation {
@@ -383,6 +400,7 @@ fn synthetic(firmware: FirmwareVersion, algorithm: KeyAlgorithm) -> Attestation 
         public_key: Vec::new(),
         edition: Edition::Standard,
         root: "r".into(),
+        root_sha256: String::new(),
         chain: Vec::new(),
     }
 }
