@@ -5,7 +5,8 @@
 //!
 //! Issuance is counted from Vault's certificate list (`<pki>/certs`), not from answers.
 //! - the right CSR (attestation + f9, CN `yubikey-<attested serial>`, the attested key) is
-//!   issued, and the stored certificate names that CN and key;
+//!   issued, and the stored certificate names that CN and key; so is the same request with
+//!   the attestation as 41482.3.11 (yubico-piv-tool up to 2.7.1);
 //! - no attestation, no f9 certificate, a CN of another form, a CN naming another serial,
 //!   and another key's attestation are each refused with the role's message, nothing issued;
 //! - the limit the README states: an attestation whose serial was altered (signature no
@@ -213,7 +214,8 @@ fn cel_role_issues_only_to_csrs_whose_attestation_names_the_cn_serial() {
             "no attestation",
             good_cn.clone(),
             &[],
-            "the CSR carries no YubiKey attestation (extension 1.3.6.1.4.1.41482.3.1".into(),
+            "the CSR carries no YubiKey attestation (extension 1.3.6.1.4.1.41482.3.1, or .3.11,"
+                .into(),
         ),
         (
             "no f9 certificate",
@@ -286,6 +288,18 @@ fn cel_role_issues_only_to_csrs_whose_attestation_names_the_cn_serial() {
     let warnings = body["warnings"].to_string();
     assert!(warnings.contains("not its signature chain"), "{warnings}");
 
+    // yubico-piv-tool up to 2.7.1 carried the attestation as 41482.3.11 in its CSRs (2.7.2
+    // moved it to .3.1, Yubico/yubico-piv-tool#529): accepted as well. (The installed 2.2.0
+    // cannot sign a request on OpenSSL 3, Yubico/yubico-piv-tool#388, so it is built here.)
+    let old_style: [(&str, &[u8]); 2] = [("1.3.6.1.4.1.41482.3.11", &att), (OID_F9, &f9)];
+    let (status, body) = sign(
+        &v,
+        &token,
+        &csr(&card, SlotId::Authentication, key, &good_cn, &old_style),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(v.issued_cert_count(), 2);
+
     // The limit: CEL sees bytes, not signatures. The attestation with its serial changed to
     // another card's (same DER length) is issued for that serial's CN...
     let ext = |n: u32| {
@@ -320,7 +334,7 @@ fn cel_role_issues_only_to_csrs_whose_attestation_names_the_cn_serial() {
         status, 200,
         "the CEL role cannot see the broken signature: {body}"
     );
-    assert_eq!(v.issued_cert_count(), 2);
+    assert_eq!(v.issued_cert_count(), 3);
     // ... and pivault's verifier, which checks the chain, refuses it (the real one passes).
     let dir = tempfile::tempdir().expect("temporary directory");
     let bundle = exported_bundle(&card, dir.path());
