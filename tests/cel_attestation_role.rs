@@ -7,8 +7,9 @@
 //! - the right CSR (attestation + f9, CN `yubikey-<attested serial>`, the attested key) is
 //!   issued, and the stored certificate names that CN and key; so is the same request with
 //!   the attestation as 41482.3.11 (yubico-piv-tool up to 2.7.1);
-//! - no attestation, no f9 certificate, a CN of another form, a CN naming another serial,
-//!   and another key's attestation are each refused with the role's message, nothing issued;
+//! - no attestation, no f9 certificate, the F9 certificate as attestation, a CN of another
+//!   form, a CN naming another serial, and another key's attestation are each refused with
+//!   the role's message, nothing issued;
 //! - the limit the README states: an attestation whose serial was altered (signature no
 //!   longer valid) is issued by the CEL role, and refused by pivault's verifier.
 
@@ -209,7 +210,7 @@ fn cel_role_issues_only_to_csrs_whose_attestation_names_the_cn_serial() {
     let other_cn = format!("yubikey-{other_serial}");
     // (what, CN, extensions, the role's message); every CSR is for the 9a key.
     type Exts<'a> = &'a [(&'a str, &'a [u8])];
-    let refusals: [(&str, String, Exts, String); 5] = [
+    let refusals: [(&str, String, Exts, String); 6] = [
         (
             "no attestation",
             good_cn.clone(),
@@ -222,6 +223,13 @@ fn cel_role_issues_only_to_csrs_whose_attestation_names_the_cn_serial() {
             good_cn.clone(),
             &[(OID_ATTESTATION, &att)],
             "the CSR carries no attestation (f9) certificate".into(),
+        ),
+        (
+            // The F9 certificate is a certificate, but not a slot's attestation.
+            "the F9 certificate as the attestation",
+            good_cn.clone(),
+            &[(OID_ATTESTATION, &f9), (OID_F9, &f9)],
+            "extension 1.3.6.1.4.1.41482.3.1 is not shaped like a YubiKey PIV attestation".into(),
         ),
         (
             "CN of another form",
