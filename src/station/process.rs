@@ -2,7 +2,7 @@
 //! the per-token workflow with the station's slot policy, then the escrow record.
 
 use super::profile::{vars_of, TokenEntry};
-use super::report::{SlotLine, TokenLine};
+use super::report::{SlotLine, TokenLine, TokenResult};
 use super::Station;
 use crate::credentials;
 use crate::enroll::{self, Context, Issued, KeyChoice, Observer, SlotPlan};
@@ -27,9 +27,9 @@ impl Station<'_> {
         if let Err(e) = self.process_inner(token, &mut line) {
             line.vault_unavailable = matches!(&e, Error::Vault(v) if v.is_unavailable());
             line.result = match &e {
-                Error::Token(TokenError::CardRemoved) => "removed".into(),
-                _ if line.result == "refused" => "refused".into(),
-                _ => "failed".into(),
+                Error::Token(TokenError::CardRemoved) => TokenResult::Removed,
+                _ if line.result == TokenResult::Refused => TokenResult::Refused,
+                _ => TokenResult::Failed,
             };
             line.error = Some(match e.hint() {
                 Some(h) => format!("{e} ({h})"),
@@ -73,7 +73,7 @@ impl Station<'_> {
                 upn: None,
             },
             None => {
-                line.result = "refused".into();
+                line.result = TokenResult::Refused;
                 return Err(Error::Usage(format!(
                     "serial {serial} is not on the allow-list"
                 )));
@@ -140,13 +140,16 @@ impl Station<'_> {
         }
         self.journal.clear(serial)?;
         line.record_version = Some(rec.version);
-        let all_kept = line.slots.iter().all(|s| s.action == "kept");
+        let all_kept = line
+            .slots
+            .iter()
+            .all(|s| s.action == crate::report::SlotResult::Kept);
         line.result = if was_enrolled && all_kept {
-            "already-enrolled".into()
+            TokenResult::AlreadyEnrolled
         } else if resumed {
-            "resumed".into()
+            TokenResult::Resumed
         } else {
-            "enrolled".into()
+            TokenResult::Enrolled
         };
         Ok(())
     }
@@ -347,8 +350,8 @@ impl SlotPolicy for StationSlots<'_, '_> {
         Ok(SlotAction::Certify(KeyChoice::Generate))
     }
 
-    fn certified_word(&self) -> &'static str {
-        "enrolled"
+    fn certified_word(&self) -> crate::report::SlotResult {
+        crate::report::SlotResult::Enrolled
     }
 
     fn finished(&mut self, sp: &SlotPlan, _a: &Accepted) -> Result<(), Error> {
