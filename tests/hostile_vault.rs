@@ -341,6 +341,38 @@ fn a_sign_refused_before_vault_acted_is_retried() {
     assert_eq!(node.count("/sign/"), 2);
 }
 
+#[test]
+fn a_kv_write_that_keeps_losing_its_answer_ends_in_doubt() {
+    let node = serve(|req, _| {
+        if req.path.contains("/login") {
+            login_answer("3600")
+        } else {
+            // Read, maybe written, never answered.
+            Reply::Cut
+        }
+    });
+    let c = VaultClient::new(config(&[&node.addr])).expect("client");
+    c.login(creds()).expect("login");
+    let e = c
+        .kv_write("t/1", &serde_json::json!({"puk": "12345678"}), Some(3))
+        .expect_err("never answered");
+    assert!(node.count("/data/") >= 2, "a KV write is retried");
+    match &e {
+        VaultError::InDoubt { path, cause, .. } => {
+            assert_eq!(path, "yubikeys/data/t/1");
+            assert!(
+                matches!(**cause, VaultError::ConnectionLost { .. }),
+                "{e:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!e.to_string().contains("12345678"));
+    // A read that keeps failing is just a failure: nothing can have changed.
+    let e = c.kv_read::<serde_json::Value>("t/1").expect_err("cut");
+    assert!(matches!(e, VaultError::ConnectionLost { .. }), "{e:?}");
+}
+
 // ---- defect 10: absurd integers and control characters from Vault -------------------------
 
 #[test]

@@ -209,7 +209,8 @@ impl VaultClient {
     /// again; a check-and-set write carried out the first time fails its repeat with a CAS
     /// mismatch, which then comes back as [`VaultError::InDoubt`] (cause `CasMismatch`):
     /// the write may be this one's, so read the record back and compare. A CAS mismatch
-    /// with no lost answer before it is [`VaultError::CasMismatch`]: another writer.
+    /// with no lost answer before it is [`VaultError::CasMismatch`]: another writer. Any
+    /// other failure after a lost answer is [`VaultError::InDoubt`] too.
     pub fn kv_write<T: Serialize>(
         &self,
         key: &str,

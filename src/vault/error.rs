@@ -90,11 +90,12 @@ pub enum VaultError {
     /// The request may have been carried out, but no usable answer came back: the
     /// connection broke or timed out after the request was sent, or a 5xx came that Vault
     /// can give after acting (a storage write failing, a proxy timing out), or a `sign`
-    /// answered 200 with a body that cannot be read. Only requests that must not be made
-    /// twice end like this — a `sign` (a second one would issue a second certificate), and
-    /// a KV check-and-set write whose retry found the record changed (possibly by the
-    /// first attempt). Never retried; never "transient": record it, then find out (the
-    /// certificate list or audit log for a sign; read the record back for a KV write).
+    /// answered 200 with a body that cannot be read. Only writes end like this: a `sign`
+    /// (never sent twice: a second one would issue a second certificate), and a KV write
+    /// that failed after an earlier attempt's answer was lost (retried, and its retry found
+    /// the record changed — possibly by the first attempt — or failed too). Never retried;
+    /// never "transient": record it, then find out (the certificate list or audit log for
+    /// a sign; read the record back and compare for a KV write).
     #[error("{path} at {addr} may have been carried out, but no usable answer came back: {cause}")]
     InDoubt {
         /// API path, e.g. `pki/sign/yubikey-piv-auth` or `yubikeys/data/12345678`.

@@ -285,7 +285,7 @@ impl Http {
                 sealed[idx] = true;
             }
             if !should_retry(&err, req.repeat, &sealed) {
-                return Err(err);
+                return Err(in_doubt_if_written(req, err, doubt));
             }
             attempt += 1;
             // Every address once without waiting, then back off between rounds.
@@ -296,7 +296,7 @@ impl Http {
             };
             let now = Instant::now();
             if now + delay + MIN_ATTEMPT >= deadline {
-                return Err(err);
+                return Err(in_doubt_if_written(req, err, doubt));
             }
             log::warn!(
                 "{err}; retrying{} (attempt {})",
@@ -441,6 +441,20 @@ impl Http {
             );
         }
         Ok(h)
+    }
+}
+
+/// A KV write that fails after an earlier attempt of it may have been carried out is in
+/// doubt, whatever the last attempt said: the record may hold what was written.
+fn in_doubt_if_written(req: &Request<'_>, err: VaultError, doubt: Option<Doubt>) -> VaultError {
+    match (req.kind, doubt) {
+        (ReqKind::KvWrite { .. }, Some(d)) => VaultError::InDoubt {
+            path: req.path.to_string(),
+            addr: d.addr,
+            sent_at: d.sent_at,
+            cause: Box::new(err),
+        },
+        (_, _) => err,
     }
 }
 
