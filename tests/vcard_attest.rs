@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 
 use common::card::{Card, CardOptions};
-use common::run::{ok, openssl_pubkey, openssl_verify, text, tool};
+use common::run::{ok, openssl_pubkey, openssl_verify, run, text, tool};
 use der::{DecodePem, Encode};
 use x509_cert::Certificate;
 
@@ -44,6 +44,58 @@ fn attestation_on_5_7_2() {
 #[test]
 fn attestation_on_5_7_4() {
     attestation_works_on("5.7.4");
+}
+
+/// Attestation proves a key was generated on the card: an imported key gets none (Yubico,
+/// "Using Attestation": attest fails when the key in the slot was imported).
+#[test]
+fn imported_keys_are_not_attested() {
+    let card = Card::start_with(CardOptions {
+        version: Some("5.7.4".into()),
+        ..CardOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let key = dir.path().join("key.pem");
+    let mut c = tool("openssl");
+    c.args([
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+    ])
+    .arg(&key);
+    ok(c);
+    let reader = card.reader.as_str();
+    ykman(
+        reader,
+        &[
+            "piv",
+            "keys",
+            "import",
+            "-m",
+            DEFAULT_MGM,
+            "9c",
+            key.to_str().unwrap(),
+        ],
+    );
+    let mut c = tool("ykman");
+    c.args(["--reader", reader, "piv", "keys", "attest", "9c", "-"]);
+    let out = run(c);
+    assert!(
+        !out.status.success(),
+        "ykman attested an imported key:\n{}",
+        text(&out)
+    );
+    let mut c = tool("yubico-piv-tool");
+    c.args(["-r", reader, "-a", "attest", "-s", "9c"]);
+    let out = run(c);
+    assert!(
+        !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("BEGIN"),
+        "yubico-piv-tool attested an imported key:\n{}",
+        text(&out)
+    );
 }
 
 fn attestation_works_on(version: &str) {
