@@ -25,8 +25,8 @@ impl Station<'_> {
         let info = token.info().clone();
         let mut line = TokenLine::new(Some(info.serial), &info.reader);
         if let Err(e) = self.process_inner(token, &mut line) {
-            line.vault_unavailable = matches!(&e, Error::Vault(v) if v.is_unavailable());
-            line.result = match &e {
+            line.vault_unavailable = matches!(e.cause(), Error::Vault(v) if v.is_unavailable());
+            line.result = match e.cause() {
                 Error::Token(TokenError::CardRemoved) => TokenResult::Removed,
                 _ if line.result == TokenResult::Refused => TokenResult::Refused,
                 _ => TokenResult::Failed,
@@ -114,6 +114,12 @@ impl Station<'_> {
         };
         let out = run_token(token, &ctx, "station", &plan, &pin, &mut policy);
         line.in_doubt = std::mem::take(&mut policy.in_doubt);
+        // A request sent in this run whose answer was lost stays marked in the journal.
+        for r in out.report.slots.iter().filter(|r| r.error.is_some()) {
+            if journal.requested.contains_key(&r.slot) && !line.in_doubt.contains(&r.slot) {
+                line.in_doubt.push(r.slot);
+            }
+        }
         line.slots = out.report.slots.iter().filter_map(SlotLine::of).collect();
         if let Some(e) = out.fatal {
             // Certificates recorded before the failure stay recorded.
