@@ -7,7 +7,7 @@
 //! run_piv_tool(&["-r", &card.reader, "-a", "status"]);
 //! YubiKey::open_by_serial(card.serial.into());
 //! let card = Card::start_with(CardOptions { serial: Some(12345678),
-//!                                           version: Some("5.2.7".into()), state: None });
+//!                                           version: Some("5.7.4".into()), ..Default::default() });
 //! card.remove();  card.insert();                // pull and re-plug: same reader, same state
 //! card.apdu_count();                            // APDUs served so far (this process run)
 //! ```
@@ -24,6 +24,10 @@
 //! - [`Card::apdu_count`]: APDUs served by the running card process (SIGUSR1).
 //! - `Drop`: SIGTERM (then SIGKILL after 10 s), frees the reader, removes the temporary
 //!   state directory.
+//! - [`default_version`]: the firmware of cards started without one, `$PIVAULT_VCARD_VERSION`
+//!   or 5.2.7 (run the suite on 5.7.4 with `PIVAULT_VCARD_VERSION=5.7.4`).
+//! - `CardOptions::args`: more card flags (`--touch`, `--fault`, `--timing`); with
+//!   [`Card::wait_line`], [`Card::resume`] and [`Card::exit_code`] for `--fault` tests.
 //! - [`vcard_bin`]: `$PIVAULT_VCARD` if set, else `cargo build -p pivault-vcard --locked`
 //!   once per process, from `<target dir>/debug/pivault-vcard`.
 //!

@@ -102,7 +102,7 @@ struct Args {
     #[arg(long, default_value = "none", value_parser = Timing::parse)]
     timing: Timing,
     /// Refuse trivial PINs and PUKs, as a 5.7+ YubiKey with PIN complexity enabled (the
-    /// management applet's device info does not say so yet).
+    /// management applet's device info says so).
     #[arg(long)]
     pin_complexity: bool,
     /// Crash-test hook: vanish@N, pause-before@N, pause-after@N (faults.rs).
@@ -250,7 +250,9 @@ fn build_card(
         piv.install_attestation(&key, &cert)
             .map_err(Failure::Attestation)?;
     }
-    let mgmt = mgmt::Management::new(&device);
+    let mut mgmt = mgmt::Management::new(&device);
+    // Device info tag 16 tells clients the PIV applet refuses trivial PINs.
+    mgmt.pin_complexity = piv.pin_complexity;
     let mut card = transport::Card::new(
         piv,
         mgmt,
