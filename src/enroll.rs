@@ -421,8 +421,8 @@ impl SlotPolicy for Generate<'_> {
     ) -> Result<SlotAction, Error> {
         Ok(SlotAction::Certify(KeyChoice::Generate))
     }
-    fn certified_word(&self) -> &'static str {
-        "enrolled"
+    fn certified_word(&self) -> crate::report::SlotResult {
+        crate::report::SlotResult::Enrolled
     }
 }
 

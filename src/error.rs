@@ -90,6 +90,14 @@ impl From<CsrError> for Error {
 }
 
 impl Error {
+    /// The error itself, seen through [`Error::AfterChange`].
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::AfterChange { source, .. } => source.cause(),
+            e => e,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::Config(_) => exit::USAGE,
@@ -150,6 +158,7 @@ impl Error {
                 journal.display()
             )),
             Error::AfterChange { source, .. } => Some(match source.hint() {
+                Some(h) if h.contains("again") => format!("the token was changed; {h}"),
                 Some(h) => format!("the token was changed; {h}; then run the same command again"),
                 None => "the token was changed; run the same command again to finish".into(),
             }),

@@ -223,7 +223,10 @@ impl Escrow<'_> {
 }
 
 fn answer_may_be_lost(e: &VaultError) -> bool {
-    matches!(e, VaultError::CasMismatch { .. }) || e.is_transient() || e.is_unavailable()
+    matches!(e, VaultError::CasMismatch { .. })
+        || e.is_in_doubt()
+        || e.is_transient()
+        || e.is_unavailable()
 }
 
 /// A random numeric PIN/PUK of `len` digits (PIV: 6–8), never a trivial one.

@@ -267,8 +267,8 @@ impl SlotPolicy for RenewSlots<'_> {
         }))
     }
 
-    fn certified_word(&self) -> &'static str {
-        "renewed"
+    fn certified_word(&self) -> crate::report::SlotResult {
+        crate::report::SlotResult::Renewed
     }
 
     fn finished(&mut self, sp: &SlotPlan, _a: &crate::verify::Accepted) -> Result<(), Error> {

@@ -13,14 +13,46 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// What happened to a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotResult {
+    /// A new certificate (enroll, station).
+    Enrolled,
+    /// A new certificate for a due one (renew).
+    Renewed,
+    /// The certificate already there fits: left alone.
+    Kept,
+    /// A certificate issued before a crash was imported (not issued again).
+    Reimported,
+    Failed,
+}
+
+impl SlotResult {
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotResult::Enrolled => "enrolled",
+            SlotResult::Renewed => "renewed",
+            SlotResult::Kept => "kept",
+            SlotResult::Reimported => "reimported",
+            SlotResult::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for SlotResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One slot's outcome.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SlotReport {
     pub slot: Slot,
     pub algorithm: Algorithm,
     pub role: Role,
-    /// "enrolled", "reimported", "renewed", "failed".
-    pub result: String,
+    pub result: SlotResult,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate_serial: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -7,7 +7,7 @@ use crate::enroll::{self, Context, Issued, KeyChoice, Observer, SlotPlan, Step};
 use crate::error::Error;
 use crate::hooks::checkpoint;
 use crate::piv::{PivToken, Role, Slot};
-use crate::report::{EnrollReport, SlotReport, SCHEMA_VERSION};
+use crate::report::{EnrollReport, SlotReport, SlotResult, SCHEMA_VERSION};
 use crate::secret::Pin;
 use crate::verify::Accepted;
 use spki::SubjectPublicKeyInfoOwned;
@@ -70,8 +70,8 @@ pub trait SlotPolicy: Observer {
         ctx: &Context<'_>,
         sp: &SlotPlan,
     ) -> Result<SlotAction, Error>;
-    /// The report's word for a slot certified in this run ("enrolled", "renewed").
-    fn certified_word(&self) -> &'static str;
+    /// The report's word for a slot certified in this run (enrolled, renewed).
+    fn certified_word(&self) -> SlotResult;
     /// A slot is done (kept, re-imported or certified): clean up journals, record it.
     fn finished(&mut self, _sp: &SlotPlan, _a: &Accepted) -> Result<(), Error> {
         Ok(())
@@ -132,17 +132,17 @@ fn one_slot(
     pin: &Pin,
     policy: &mut dyn SlotPolicy,
     changed: &mut bool,
-) -> Result<(&'static str, Accepted, Vec<String>), Error> {
+) -> Result<(SlotResult, Accepted, Vec<String>), Error> {
     // Deciding may sign a test challenge with the slot's key (PIN policy "always" slots
     // want the PIN right before each use).
     token.verify_pin(pin)?;
     match policy.decide(token, ctx, sp)? {
-        SlotAction::Keep(a) => Ok(("kept", a, Vec::new())),
+        SlotAction::Keep(a) => Ok((SlotResult::Kept, a, Vec::new())),
         SlotAction::Reimport { key, issued } => {
             *changed = true; // the write may have happened even if it then fails
             let (a, warnings) = enroll::import_issued(token, ctx, sp, &key, &issued)?;
             checkpoint("import");
-            Ok(("reimported", a, warnings))
+            Ok((SlotResult::Reimported, a, warnings))
         }
         SlotAction::Certify(choice) => {
             let word = policy.certified_word();
@@ -220,12 +220,17 @@ pub fn run_token(
     Outcome { report, fatal }
 }
 
-pub fn slot_report(sp: &SlotPlan, result: &str, a: &Accepted, warnings: &[String]) -> SlotReport {
+pub fn slot_report(
+    sp: &SlotPlan,
+    result: SlotResult,
+    a: &Accepted,
+    warnings: &[String],
+) -> SlotReport {
     SlotReport {
         slot: sp.slot,
         algorithm: sp.algorithm,
         role: sp.role,
-        result: result.into(),
+        result,
         certificate_serial: Some(a.serial_hex.clone()),
         subject: Some(a.subject.clone()),
         issuer: Some(a.issuer.clone()),
@@ -241,7 +246,7 @@ pub fn failed_report(sp: &SlotPlan, e: &Error) -> SlotReport {
         slot: sp.slot,
         algorithm: sp.algorithm,
         role: sp.role,
-        result: "failed".into(),
+        result: SlotResult::Failed,
         certificate_serial: None,
         subject: None,
         issuer: None,

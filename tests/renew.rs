@@ -501,3 +501,50 @@ fn blocked_pin_is_unblocked_with_the_escrowed_puk_which_is_then_rotated() {
     ]);
     run::ok(c);
 }
+
+/// Defect 2 (PUK side): the last PUK try is never spent, on any path. With one PUK try
+/// left (firmware with metadata tells), `unblock` refuses (exit 3) and the counter stays.
+#[test]
+fn unblock_never_spends_the_last_puk_try() {
+    use common::card::CardOptions;
+    let vault = Vault::start();
+    let card = Card::start_with(CardOptions {
+        version: Some("5.7.4".into()),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    escrow_factory(&vault, &card, dir.path());
+    for _ in 0..2 {
+        let mut c = run::tool("yubico-piv-tool");
+        c.args([
+            "-r",
+            &card.reader,
+            "-a",
+            "change-puk",
+            "-P",
+            "87654321",
+            "-N",
+            "87654321",
+        ]);
+        run::run(c);
+    }
+    assert_eq!(
+        run::status_json(&card)["puk_tries_left"],
+        1,
+        "PUK tries not at 1"
+    );
+    block_pin(&card);
+    let o = run::run(unblock_cmd(&vault, &card, "48291573"));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("one PUK attempt is left"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        run::status_json(&card)["puk_tries_left"],
+        1,
+        "a PUK try was spent"
+    );
+    assert_eq!(run::status_json(&card)["pin_tries_left"], 0);
+}

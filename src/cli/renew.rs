@@ -72,7 +72,11 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
         .collect();
     let assessed = renew::assess(
         &certs,
-        &|slot| unfinished.keys.contains_key(&slot) || unfinished.issued.contains_key(&slot),
+        &|slot| {
+            unfinished.keys.contains_key(&slot)
+                || unfinished.issued.contains_key(&slot)
+                || unfinished.requested.contains_key(&slot)
+        },
         threshold,
         std::time::SystemTime::now(),
     );
@@ -166,7 +170,12 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     if let Some(e) = &outcome.fatal {
         return Ok(super::fail(e, false));
     }
-    Ok(ExitCode::SUCCESS)
+    // A slot that failed on its own (refused certificate, request in doubt) fails the run.
+    Ok(ExitCode::from(if outcome.report.ok {
+        exit::OK
+    } else {
+        exit::FAILED
+    }))
 }
 
 fn new_pin(a: &UnblockArgs) -> Result<Pin, Error> {

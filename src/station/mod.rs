@@ -20,7 +20,7 @@ pub mod report;
 pub mod watch;
 
 pub use profile::{CredentialPolicy, StationProfile, TokenEntry, TokensSection};
-pub use report::{append_report, SlotLine, TokenLine};
+pub use report::{append_report, SlotLine, TokenLine, TokenResult};
 pub use watch::{run, RunOptions, Summary};
 
 use crate::escrow::Escrow;

@@ -2,7 +2,7 @@
 //! the per-token workflow with the station's slot policy, then the escrow record.
 
 use super::profile::{vars_of, TokenEntry};
-use super::report::{SlotLine, TokenLine};
+use super::report::{SlotLine, TokenLine, TokenResult};
 use super::Station;
 use crate::credentials;
 use crate::enroll::{self, Context, Issued, KeyChoice, Observer, SlotPlan};
@@ -25,11 +25,11 @@ impl Station<'_> {
         let info = token.info().clone();
         let mut line = TokenLine::new(Some(info.serial), &info.reader);
         if let Err(e) = self.process_inner(token, &mut line) {
-            line.vault_unavailable = matches!(&e, Error::Vault(v) if v.is_unavailable());
-            line.result = match &e {
-                Error::Token(TokenError::CardRemoved) => "removed".into(),
-                _ if line.result == "refused" => "refused".into(),
-                _ => "failed".into(),
+            line.vault_unavailable = matches!(e.cause(), Error::Vault(v) if v.is_unavailable());
+            line.result = match e.cause() {
+                Error::Token(TokenError::CardRemoved) => TokenResult::Removed,
+                _ if line.result == TokenResult::Refused => TokenResult::Refused,
+                _ => TokenResult::Failed,
             };
             line.error = Some(match e.hint() {
                 Some(h) => format!("{e} ({h})"),
@@ -73,7 +73,7 @@ impl Station<'_> {
                 upn: None,
             },
             None => {
-                line.result = "refused".into();
+                line.result = TokenResult::Refused;
                 return Err(Error::Usage(format!(
                     "serial {serial} is not on the allow-list"
                 )));
@@ -114,6 +114,12 @@ impl Station<'_> {
         };
         let out = run_token(token, &ctx, "station", &plan, &pin, &mut policy);
         line.in_doubt = std::mem::take(&mut policy.in_doubt);
+        // A request sent in this run whose answer was lost stays marked in the journal.
+        for r in out.report.slots.iter().filter(|r| r.error.is_some()) {
+            if journal.requested.contains_key(&r.slot) && !line.in_doubt.contains(&r.slot) {
+                line.in_doubt.push(r.slot);
+            }
+        }
         line.slots = out.report.slots.iter().filter_map(SlotLine::of).collect();
         if let Some(e) = out.fatal {
             // Certificates recorded before the failure stay recorded.
@@ -140,13 +146,16 @@ impl Station<'_> {
         }
         self.journal.clear(serial)?;
         line.record_version = Some(rec.version);
-        let all_kept = line.slots.iter().all(|s| s.action == "kept");
+        let all_kept = line
+            .slots
+            .iter()
+            .all(|s| s.action == crate::report::SlotResult::Kept);
         line.result = if was_enrolled && all_kept {
-            "already-enrolled".into()
+            TokenResult::AlreadyEnrolled
         } else if resumed {
-            "resumed".into()
+            TokenResult::Resumed
         } else {
-            "enrolled".into()
+            TokenResult::Enrolled
         };
         Ok(())
     }
@@ -347,8 +356,8 @@ impl SlotPolicy for StationSlots<'_, '_> {
         Ok(SlotAction::Certify(KeyChoice::Generate))
     }
 
-    fn certified_word(&self) -> &'static str {
-        "enrolled"
+    fn certified_word(&self) -> crate::report::SlotResult {
+        crate::report::SlotResult::Enrolled
     }
 
     fn finished(&mut self, sp: &SlotPlan, _a: &Accepted) -> Result<(), Error> {

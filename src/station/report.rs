@@ -2,10 +2,46 @@
 
 use crate::error::Error;
 use crate::piv::Slot;
-use crate::report::{rfc3339, SlotReport};
+use crate::report::{rfc3339, SlotReport, SlotResult};
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
+
+/// What the station did with a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenResult {
+    /// Enrolled from factory state in this run.
+    Enrolled,
+    /// Finished what an earlier run left (credentials, slots).
+    Resumed,
+    /// Every slot already held a certificate that fits the profile.
+    AlreadyEnrolled,
+    /// Not on the allow-list.
+    Refused,
+    /// Pulled (or reset) during the work.
+    Removed,
+    Failed,
+}
+
+impl TokenResult {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenResult::Enrolled => "enrolled",
+            TokenResult::Resumed => "resumed",
+            TokenResult::AlreadyEnrolled => "already-enrolled",
+            TokenResult::Refused => "refused",
+            TokenResult::Removed => "removed",
+            TokenResult::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One line of the station report (JSON Lines).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -14,8 +50,7 @@ pub struct TokenLine {
     pub time: String,
     pub serial: Option<u32>,
     pub reader: String,
-    /// enrolled, resumed, already-enrolled, refused, removed, failed
-    pub result: String,
+    pub result: TokenResult,
     pub slots: Vec<SlotLine>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record_version: Option<u64>,
@@ -35,7 +70,7 @@ pub struct TokenLine {
 pub struct SlotLine {
     pub slot: Slot,
     /// enrolled, reimported, kept
-    pub action: String,
+    pub action: SlotResult,
     pub certificate_serial: String,
     pub not_after: String,
     pub sha256_fingerprint: String,
@@ -46,7 +81,7 @@ impl SlotLine {
     pub fn of(r: &SlotReport) -> Option<SlotLine> {
         Some(SlotLine {
             slot: r.slot,
-            action: r.result.clone(),
+            action: r.result,
             certificate_serial: r.certificate_serial.clone()?,
             not_after: r.not_after.clone()?,
             sha256_fingerprint: r.sha256_fingerprint.clone()?,
@@ -62,7 +97,7 @@ impl TokenLine {
             time: rfc3339(std::time::SystemTime::now()),
             serial,
             reader: reader.to_string(),
-            result: "failed".into(),
+            result: TokenResult::Failed,
             slots: Vec::new(),
             record_version: None,
             duration_ms: 0,

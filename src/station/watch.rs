@@ -1,6 +1,6 @@
 //! Watching the readers: one thread per inserted token, a summary at the end.
 
-use super::report::TokenLine;
+use super::report::{TokenLine, TokenResult};
 use super::Station;
 use crate::error::Error;
 use crate::piv::readers::{ReaderEvent, Watcher};
@@ -182,9 +182,9 @@ const OPEN_RETRY: Duration = Duration::from_secs(5);
 impl Summary {
     fn count(&mut self, l: &TokenLine) {
         self.tokens += 1;
-        match l.result.as_str() {
-            "enrolled" | "resumed" => self.enrolled += 1,
-            "already-enrolled" => self.already_enrolled += 1,
+        match l.result {
+            TokenResult::Enrolled | TokenResult::Resumed => self.enrolled += 1,
+            TokenResult::AlreadyEnrolled => self.already_enrolled += 1,
             _ => self.failed += 1,
         }
     }
