@@ -167,3 +167,108 @@ fn enroll_with_the_leader_frozen_past_the_deadline_then_resumed() {
     }
     check(&c, &card, &before, completed);
 }
+
+/// A station profile for `serials`: 9a and 9d, credentials changed and escrowed.
+fn station_profile(dir: &std::path::Path, serials: &[u32]) -> std::path::PathBuf {
+    let list: String = serials
+        .iter()
+        .map(|s| {
+            format!(
+                "[[token]]\nserial = {s}\nname = \"User {s}\"\nemail = \"user{s}@example.org\"\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("tokens.toml"), list).expect("allow-list");
+    let profile = dir.join("station.toml");
+    std::fs::write(
+        &profile,
+        "common_name = \"{name}\"\nemail = \"{email}\"\n\n[credentials]\npin_length = 8\n\
+         puk_length = 8\nmgmt_key = \"best\"\nprotect_mgmt_key = true\n\n[tokens]\n\
+         allow_list = \"tokens.toml\"\n\n[[slot]]\nslot = \"9a\"\n\n[[slot]]\nslot = \"9d\"\n",
+    )
+    .expect("profile");
+    profile
+}
+
+/// Issue 11 item 4 / issue 10 defect 12: four tokens on four readers, the leader SIGKILLed
+/// 40-200 ms into the batch; re-run (at most three times) until every token is enrolled.
+/// Ignored: it takes a minute and the kill lands at a random point (issue 10 saw 9 of 48
+/// tokens stuck with "change PUK failed"); run it by hand, several times.
+#[test]
+#[ignore = "a minute; intermittent by nature (issue 10 defect 12 saw 9 of 48 tokens stuck): run by hand"]
+fn station_batch_of_four_survives_the_leader_killed() {
+    let c = Cluster::start();
+    let cards: Vec<Card> = (0..4).map(|_| Card::start()).collect();
+    let dir = tempfile::tempdir().expect("tmp");
+    let serials: Vec<u32> = cards.iter().map(|k| k.serial).collect();
+    let profile = station_profile(dir.path(), &serials);
+    let before = c.issuance().expect("count before");
+    let lead = c.wait_leader(Duration::from_secs(60));
+    let station = |deadline: u64| {
+        let mut env = c.pivault_env();
+        env.push(("PIVAULT_VAULT_DEADLINE".into(), deadline.to_string()));
+        let mut cmd = run::pivault(&env);
+        cmd.args(["-v", "station", "--profile"]).arg(&profile);
+        cmd.arg("--report").arg(dir.path().join("report.jsonl"));
+        cmd.arg("--journal-dir").arg(dir.path().join("journal"));
+        for k in &cards {
+            cmd.args(["--reader", &k.reader]);
+        }
+        cmd.args([
+            "--max-tokens",
+            "4",
+            "--idle-exit",
+            "30",
+            "--vault-wait",
+            "120",
+        ]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().expect("station")
+    };
+    let t0 = Instant::now();
+    let child = station(120);
+    std::thread::sleep(Duration::from_millis(
+        40 + u64::from(rand::random::<u8>() % 160),
+    ));
+    c.kill(lead);
+    let mut outs = vec![finish(child)];
+    eprintln!(
+        "leader SIGKILLed; first pass exited {:?} after {} ms",
+        outs[0].status.code(),
+        t0.elapsed().as_millis()
+    );
+    c.wait_leader(Duration::from_secs(90));
+    for _ in 0..3 {
+        if outs.last().is_some_and(|o| o.status.success()) {
+            break;
+        }
+        outs.push(finish(station(120)));
+    }
+    let last = outs.last().expect("a run");
+    assert!(
+        last.status.success(),
+        "after {} runs:\n{}",
+        outs.len(),
+        outs.iter().map(text).collect::<Vec<_>>().join("\n=====\n")
+    );
+    let now = c.issuance().expect("count").since(&before);
+    assert!(
+        now.per_csr().values().all(|&n| n == 1),
+        "a CSR was signed twice: {:?}",
+        now.per_csr()
+    );
+    assert_eq!(now.issued(), 8, "4 tokens × 2 slots, each issued once");
+    let t = tempfile::tempdir().expect("tmp");
+    for k in &cards {
+        for slot in ["9a", "9d"] {
+            let pem = run::piv_tool_read_cert(&k.reader, slot);
+            let v = run::openssl_verify(&pem, &c.root_pem, &c.chain_pem, t.path());
+            assert!(
+                v.status.success(),
+                "token {} slot {slot}: {}",
+                k.serial,
+                text(&v)
+            );
+        }
+    }
+}
