@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
+pub mod cardtls;
 pub mod config;
 pub mod credentials;
 pub mod crypto;

@@ -35,7 +35,9 @@
 //!   system store, which honours `SSL_CERT_FILE`.)
 
 mod answers;
+mod cert_login;
 mod client;
+pub mod client_cert;
 mod endpoints;
 mod error;
 mod policy;
@@ -68,6 +70,8 @@ pub struct VaultConfig {
     pub request_timeout: Duration,
     /// Limit on a whole operation (a `sign` with its login, retries and redirects).
     pub deadline: Duration,
+    /// TLS client certificate with its key on a token, for [`VaultClient::login_cert`].
+    pub client_cert: Option<std::sync::Arc<client_cert::ClientCert>>,
 }
 
 impl VaultConfig {
@@ -84,6 +88,7 @@ impl VaultConfig {
             approle_mount: "approle".into(),
             request_timeout: Duration::from_secs(30),
             deadline: Duration::from_secs(90),
+            client_cert: None,
         }
     }
 }
@@ -109,6 +114,7 @@ impl fmt::Debug for VaultConfig {
             .field("approle_mount", &self.approle_mount)
             .field("request_timeout", &self.request_timeout)
             .field("deadline", &self.deadline)
+            .field("client_cert", &self.client_cert)
             .finish()
     }
 }
