@@ -42,6 +42,9 @@ pub struct VaultOptions {
     pub max_ttl: Option<String>,
     /// Also create AppRole `pivault-nosign` (contract policy minus `<pki>/sign/*`).
     pub test_roles: bool,
+    /// A file audit device (OpenBao 2.x allows audit devices only in the server's
+    /// configuration, not through the API) writing `Vault::audit_log()`.
+    pub audit: bool,
 }
 
 /// A running, provisioned OpenBao.
@@ -137,7 +140,7 @@ impl Vault {
         let dir = tmp.path().to_path_buf();
         let mut bao = find_bao();
         let root_token = random_token();
-        let (child, port, log) = spawn_server(&bao, &dir, &root_token, o.tls);
+        let (child, port, log) = spawn_server(&bao, &dir, &root_token, o.tls, o.audit);
         let scheme = if o.tls { "https" } else { "http" };
         let addr = format!("{scheme}://127.0.0.1:{port}");
         // The wrapper exec'd the real binary by now (the banner is printed): use it directly.
@@ -391,6 +394,11 @@ impl Vault {
         v
     }
 
+    /// The audit log (JSON lines) of a server started with `audit`.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     /// The server's output so far (for failure messages).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
@@ -421,7 +429,13 @@ fn clean_env(cmd: &mut Command) {
 }
 
 /// Start `bao server -dev` and wait for its banner. Retries on a port taken meanwhile.
-fn spawn_server(bao: &Path, dir: &Path, root_token: &str, tls: bool) -> (Child, u16, String) {
+fn spawn_server(
+    bao: &Path,
+    dir: &Path,
+    root_token: &str,
+    tls: bool,
+    audit: bool,
+) -> (Child, u16, String) {
     let log_path = dir.join("server.log");
     for _ in 0..5 {
         let port = free_port_pair();
@@ -439,6 +453,18 @@ fn spawn_server(bao: &Path, dir: &Path, root_token: &str, tls: bool) -> (Child, 
             fs::create_dir_all(dir.join("tls")).expect("TLS directory");
             cmd.arg("-dev-tls")
                 .arg(format!("-dev-tls-cert-dir={}", dir.join("tls").display()));
+        }
+        if audit {
+            let cfg = dir.join("audit.hcl");
+            fs::write(
+                &cfg,
+                format!(
+                    "audit \"file\" \"rig\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                    dir.join("audit.log").display()
+                ),
+            )
+            .expect("audit config");
+            cmd.arg(format!("-config={}", cfg.display()));
         }
         clean_env(&mut cmd);
         cmd.env("HOME", dir)
