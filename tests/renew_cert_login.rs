@@ -252,3 +252,33 @@ fn login_signs_on_the_card_and_cannot_get_another_name() {
     drop(client);
     drop(shared);
 }
+
+/// A certificate Vault no longer accepts (the cert auth role trusting it is gone): exit 3,
+/// "go to the helpdesk", and the token unchanged.
+#[test]
+fn refused_certificate_sends_the_user_to_the_helpdesk() {
+    let (v, audit) = cert_vault();
+    let card = Card::start();
+    enroll(&v, &card, "jane", &["9a"]);
+    let before = run::piv_tool_read_cert(&card.reader, "9a");
+    let o = v.bao(&["delete", "auth/cert/certs/pivault-users"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let state = tempfile::tempdir().expect("tmp");
+    let o = renew_cert(&v, &card, state.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        err.contains("cannot log in to Vault with the token's certificate"),
+        "{err}"
+    );
+    assert!(err.contains("helpdesk"), "{err}");
+    assert!(!err.contains("AppRole"), "{err}");
+    assert_eq!(before, run::piv_tool_read_cert(&card.reader, "9a"));
+    let signs = audited_paths(&audit)
+        .into_iter()
+        .filter(|p| p.contains("/sign/"))
+        .count();
+    // Only enroll's signs (preflight + sign for 9a), none by the refused renewal.
+    assert_eq!(signs, 2, "{:?}", audited_paths(&audit));
+}

@@ -225,7 +225,14 @@ fn cert_issuer(
         .login_cert(&login.mount, login.role.as_deref())
     {
         Ok(()) => {}
-        Err(e @ (VaultError::InvalidCredentials { .. } | VaultError::PermissionDenied { .. })) => {
+        // Vault's Display of a refused login names AppRole; say what was refused here.
+        Err(VaultError::InvalidCredentials { message, .. }) => {
+            return Err(Error::CertLogin {
+                slot: login.slot,
+                reason: format!("Vault refused it ({message})"),
+            })
+        }
+        Err(e @ VaultError::PermissionDenied { .. }) => {
             return Err(Error::CertLogin {
                 slot: login.slot,
                 reason: format!("Vault refused it ({e})"),
