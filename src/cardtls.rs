@@ -62,6 +62,20 @@ impl<T: PivToken + Send> CardClientKey<T> {
                 reason: "its certificate is not valid yet".into(),
             });
         }
+        // Vault's cert auth verifies the chain for client authentication (Go's x509 with
+        // ExtKeyUsageClientAuth): a certificate whose EKUs leave out clientAuth (9c code
+        // signing, 9c/9d S/MIME) fails there, with a 500 that looks like an outage.
+        let ekus = match tbs.get_extension::<x509_cert::ext::pkix::ExtendedKeyUsage>() {
+            Ok(Some((_, e))) => e.0,
+            _ => Vec::new(),
+        };
+        let client_auth = const_oid::db::rfc5280::ID_KP_CLIENT_AUTH;
+        if !ekus.is_empty() && !ekus.contains(&client_auth) {
+            return Err(Error::Usage(format!(
+                "slot {slot}: its certificate is not for client authentication (no clientAuth \
+                 extended key usage), so it cannot log in to Vault; log in with 9a (--login-slot)"
+            )));
+        }
         let alg = crate::crypto::algorithm_of(tbs.subject_public_key_info()).ok_or_else(|| {
             Error::CertLogin {
                 slot,

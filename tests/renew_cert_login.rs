@@ -282,3 +282,49 @@ fn refused_certificate_sends_the_user_to_the_helpdesk() {
     // Only enroll's signs (preflight + sign for 9a), none by the refused renewal.
     assert_eq!(signs, 2, "{:?}", audited_paths(&audit));
 }
+
+/// RSA (TLS 1.3: RSA-PSS padded on the host, raw RSA on the card) and P-384 keys log in
+/// too: Vault accepts each handshake and the login, one card signature each. A 9c
+/// certificate (S/MIME EKU, no clientAuth) is refused before Vault is asked: Vault would
+/// answer 500 "incompatible key usage".
+#[test]
+fn rsa_and_p384_keys_log_in() {
+    let (v, audit) = cert_vault();
+    let card = Card::start();
+    enroll(
+        &v,
+        &card,
+        "jane",
+        &["9a:algorithm=rsa2048", "9e:algorithm=p384", "9c"],
+    );
+    let token = YubiKeyToken::open(&Selector {
+        serial: Some(card.serial),
+        reader: Some(card.reader.clone()),
+    })
+    .expect("open the card");
+    let shared = Arc::new(Mutex::new(token));
+    let logins_before = audited_paths(&audit)
+        .iter()
+        .filter(|p| *p == "auth/cert/login")
+        .count();
+    let e = CardClientKey::new(shared.clone(), Slot::SIGNATURE, Pin::new(PIN))
+        .err()
+        .expect("9c accepted as a login certificate");
+    assert!(e.to_string().contains("client authentication"), "{e}");
+    for slot in [Slot::AUTHENTICATION, Slot::CARD_AUTHENTICATION] {
+        let key = CardClientKey::new(shared.clone(), slot, Pin::new(PIN)).expect("card key");
+        let cert = ClientCert::new(Arc::new(key));
+        let mut cfg = v.vault_config();
+        cfg.client_cert = Some(cert.clone());
+        let client = VaultClient::new(cfg).expect("client");
+        client
+            .login_cert("cert", Some("pivault-users"))
+            .unwrap_or_else(|e| panic!("slot {slot}: cert login: {e}"));
+        assert_eq!(cert.signatures(), 1, "slot {slot}");
+    }
+    let logins = audited_paths(&audit)
+        .iter()
+        .filter(|p| *p == "auth/cert/login")
+        .count();
+    assert_eq!(logins - logins_before, 2);
+}
