@@ -271,6 +271,41 @@ mod tests {
         assert!(VaultSettings::resolve(&VaultFile::default(), &none, &flags).is_err());
         assert!(toml::from_str::<FileConfig>("[vault]\nadress='x'").is_err());
     }
+
+    #[test]
+    fn cert_login_layers_and_defaults() {
+        let none = (None, None, None, None);
+        let d = CertLogin::resolve(&VaultFile::default(), &env_of(&[]), none.clone())
+            .expect("defaults");
+        assert_eq!(d.method, AuthMethod::AppRole);
+        assert_eq!(d.mount, "cert");
+        assert_eq!(d.slot, crate::piv::Slot::AUTHENTICATION);
+        let file = VaultFile {
+            auth: Some("cert".into()),
+            cert_mount: Some("/tls-users/".into()),
+            login_slot: Some("9e".into()),
+            ..Default::default()
+        };
+        let f = CertLogin::resolve(&file, &env_of(&[]), none.clone()).expect("file");
+        assert_eq!(f.method, AuthMethod::Cert);
+        assert_eq!(f.mount, "tls-users");
+        assert_eq!(f.slot, crate::piv::Slot::CARD_AUTHENTICATION);
+        let e =
+            CertLogin::resolve(&file, &env_of(&[("PIVAULT_AUTH", "approle")]), none).expect("env");
+        assert_eq!(e.method, AuthMethod::AppRole);
+        let flags = (Some(AuthMethod::Cert), None, Some("r1".into()), None);
+        let g = CertLogin::resolve(&file, &env_of(&[("PIVAULT_AUTH", "approle")]), flags)
+            .expect("flags");
+        assert_eq!(
+            (g.method, g.role.as_deref()),
+            (AuthMethod::Cert, Some("r1"))
+        );
+        let bad = VaultFile {
+            auth: Some("kerberos".into()),
+            ..Default::default()
+        };
+        assert!(CertLogin::resolve(&bad, &env_of(&[]), (None, None, None, None)).is_err());
+    }
 }
 
 /// How `renew` logs in to Vault.

@@ -328,3 +328,33 @@ fn rsa_and_p384_keys_log_in() {
         .count();
     assert_eq!(logins - logins_before, 2);
 }
+
+/// An expired login certificate: exit 3 and "go to the helpdesk", found before Vault is
+/// asked for anything but the CA chain, and the token unchanged.
+#[test]
+fn expired_certificate_sends_the_user_to_the_helpdesk() {
+    let (v, audit) = cert_vault();
+    let card = Card::start();
+    let mut env = run::anchored_env(&v);
+    env.push(("PIVAULT_PIN".into(), PIN.into()));
+    run::ok(run::enroll_cmd(
+        &card,
+        &env,
+        &["--cn", "jane", "--ttl", "10s", "--slot", "9a"],
+    ));
+    let before = run::piv_tool_read_cert(&card.reader, "9a");
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let audited_before = audited_paths(&audit).len();
+    let state = tempfile::tempdir().expect("tmp");
+    let o = renew_cert(&v, &card, state.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(err.contains("expired"), "{err}");
+    assert!(err.contains("helpdesk"), "{err}");
+    assert_eq!(before, run::piv_tool_read_cert(&card.reader, "9a"));
+    let paths: Vec<String> = audited_paths(&audit)[audited_before..].to_vec();
+    assert!(
+        paths.iter().all(|p| p == "pki/cert/ca_chain"),
+        "asked Vault for more than the CA chain: {paths:?}"
+    );
+}
