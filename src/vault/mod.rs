@@ -7,6 +7,7 @@
 //! | call | endpoint | policy line (contract) |
 //! |---|---|---|
 //! | [`VaultClient::login`] | `auth/<approle>/login` | none (unauthenticated) |
+//! | [`VaultClient::login_cert`] | `auth/<cert>/login`, TLS client certificate with its key on a token ([`client_cert`]) | none (optional part of the contract: fixtures/vault/cert-auth.sh) |
 //! | [`VaultClient::ensure_fresh_token`] | `auth/token/renew-self` | `auth/token/renew-self` |
 //! | 403 check | `auth/token/lookup-self` | `auth/token/lookup-self` |
 //! | [`VaultClient::sign`], [`VaultClient::check_sign_access`] | `<pki>/sign/<role>` | `<pki>/sign/*` |
