@@ -260,6 +260,13 @@ fn login_signs_on_the_card_and_cannot_get_another_name() {
         denied.is_err(),
         "the cert login could sign with a contract role"
     );
+    // ... and no escrow record: the KV mount is closed to it.
+    let kv = client.kv_read::<serde_json::Value>(&card.serial.to_string());
+    assert!(
+        matches!(kv, Err(pivault::vault::VaultError::PermissionDenied { .. })),
+        "the cert login reached KV: {:?}",
+        kv.map(|_| ())
+    );
     drop(client);
     drop(shared);
 }
