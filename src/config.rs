@@ -36,6 +36,11 @@ pub struct VaultFile {
     pub trust_anchor: Option<PathBuf>,
     pub request_timeout_secs: Option<u64>,
     pub deadline_secs: Option<u64>,
+    /// `renew`'s login: "approle" (default) or "cert" (see [`CertLogin`]).
+    pub auth: Option<String>,
+    pub cert_mount: Option<String>,
+    pub cert_role: Option<String>,
+    pub login_slot: Option<String>,
 }
 
 impl FileConfig {
@@ -265,5 +270,115 @@ mod tests {
         };
         assert!(VaultSettings::resolve(&VaultFile::default(), &none, &flags).is_err());
         assert!(toml::from_str::<FileConfig>("[vault]\nadress='x'").is_err());
+    }
+
+    #[test]
+    fn cert_login_layers_and_defaults() {
+        let none = (None, None, None, None);
+        let d = CertLogin::resolve(&VaultFile::default(), &env_of(&[]), none.clone())
+            .expect("defaults");
+        assert_eq!(d.method, AuthMethod::AppRole);
+        assert_eq!(d.mount, "cert");
+        assert_eq!(d.slot, crate::piv::Slot::AUTHENTICATION);
+        let file = VaultFile {
+            auth: Some("cert".into()),
+            cert_mount: Some("/tls-users/".into()),
+            login_slot: Some("9e".into()),
+            ..Default::default()
+        };
+        let f = CertLogin::resolve(&file, &env_of(&[]), none.clone()).expect("file");
+        assert_eq!(f.method, AuthMethod::Cert);
+        assert_eq!(f.mount, "tls-users");
+        assert_eq!(f.slot, crate::piv::Slot::CARD_AUTHENTICATION);
+        let e =
+            CertLogin::resolve(&file, &env_of(&[("PIVAULT_AUTH", "approle")]), none).expect("env");
+        assert_eq!(e.method, AuthMethod::AppRole);
+        let flags = (Some(AuthMethod::Cert), None, Some("r1".into()), None);
+        let g = CertLogin::resolve(&file, &env_of(&[("PIVAULT_AUTH", "approle")]), flags)
+            .expect("flags");
+        assert_eq!(
+            (g.method, g.role.as_deref()),
+            (AuthMethod::Cert, Some("r1"))
+        );
+        let bad = VaultFile {
+            auth: Some("kerberos".into()),
+            ..Default::default()
+        };
+        assert!(CertLogin::resolve(&bad, &env_of(&[]), (None, None, None, None)).is_err());
+    }
+}
+
+/// How `renew` logs in to Vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMethod {
+    /// role_id + secret_id on the machine.
+    #[default]
+    AppRole,
+    /// The certificate on the token (TLS client auth, `auth/<cert>/login`): no secret on
+    /// the machine, and the login may renew only its own names (fixtures/vault/cert-auth.sh).
+    Cert,
+}
+
+impl std::str::FromStr for AuthMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "approle" => Ok(AuthMethod::AppRole),
+            "cert" => Ok(AuthMethod::Cert),
+            other => Err(format!("auth '{other}': use approle or cert")),
+        }
+    }
+}
+
+/// Certificate login settings, resolved file < environment < flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertLogin {
+    pub method: AuthMethod,
+    pub mount: String,
+    pub role: Option<String>,
+    pub slot: crate::piv::Slot,
+}
+
+impl CertLogin {
+    /// `flags`: (auth, cert mount, cert role, login slot) from the command line.
+    pub fn resolve(
+        file: &VaultFile,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: (
+            Option<AuthMethod>,
+            Option<String>,
+            Option<String>,
+            Option<crate::piv::Slot>,
+        ),
+    ) -> Result<CertLogin, Error> {
+        let pick = |flag: Option<String>, var: &str, file: &Option<String>| {
+            flag.or_else(|| env(var)).or_else(|| file.clone())
+        };
+        let method = match flags.0 {
+            Some(m) => m,
+            None => match pick(None, "PIVAULT_AUTH", &file.auth) {
+                Some(s) => s.parse().map_err(Error::Config)?,
+                None => AuthMethod::AppRole,
+            },
+        };
+        let mount = mount_name(
+            "cert auth mount",
+            pick(flags.1, "PIVAULT_CERT_MOUNT", &file.cert_mount).unwrap_or_else(|| "cert".into()),
+        )?;
+        let slot = match flags.3 {
+            Some(s) => s,
+            None => match pick(None, "PIVAULT_LOGIN_SLOT", &file.login_slot) {
+                Some(s) => s
+                    .parse()
+                    .map_err(|e| Error::Config(format!("login slot: {e}")))?,
+                None => crate::piv::Slot::AUTHENTICATION,
+            },
+        };
+        Ok(CertLogin {
+            method,
+            mount,
+            role: pick(flags.2, "PIVAULT_CERT_ROLE", &file.cert_role).filter(|r| !r.is_empty()),
+            slot,
+        })
     }
 }

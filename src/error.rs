@@ -51,6 +51,10 @@ pub enum Error {
         since: String,
         journal: std::path::PathBuf,
     },
+    /// Certificate login (self-service renewal) impossible: expired, revoked or unknown
+    /// certificate. Only a person (the helpdesk, with an enrollment station) can fix it.
+    #[error("slot {slot}: cannot log in to Vault with the token's certificate: {reason}")]
+    CertLogin { slot: Slot, reason: String },
     /// Some slots of a token failed (each is in the report).
     #[error("{0}")]
     Incomplete(String),
@@ -109,6 +113,7 @@ impl Error {
                 | TokenError::PukBlocked,
             ) => exit::NEEDS_PERSON,
             Error::SlotOccupied { .. } | Error::NotFactory { .. } => exit::NEEDS_PERSON,
+            Error::CertLogin { .. } => exit::NEEDS_PERSON,
             Error::Token(TokenError::PukLastTry) => exit::NEEDS_PERSON,
             // Something was changed: never 2 or 4 ("nothing was changed").
             Error::AfterChange { source, .. } => match source.exit_code() {
@@ -133,6 +138,11 @@ impl Error {
         match self {
             Error::Token(t) => token_hint(t),
             Error::Vault(v) => v.hint(),
+            Error::CertLogin { .. } => Some(
+                "go to the helpdesk: the token must be enrolled again at a station (self-service \
+                 renewal needs a certificate that is still valid)"
+                    .into(),
+            ),
             Error::SlotOccupied { slot, .. } => Some(format!(
                 "check `pivault status`; to replace slot {slot}, run again with --force"
             )),

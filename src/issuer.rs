@@ -16,6 +16,9 @@ const UPN_OID: &str = "1.3.6.1.4.1.311.20.2.3";
 pub struct VaultIssuer {
     client: VaultClient,
     trust_anchor: Option<std::path::PathBuf>,
+    /// Put before each contract role name: "self-" with certificate login, whose policy
+    /// allows only the self roles (fixtures/vault/cert-auth.sh).
+    role_prefix: String,
 }
 
 /// The client settings for a resolved configuration (reads the CA bundle file).
@@ -39,6 +42,7 @@ pub fn client_config(s: &VaultSettings) -> Result<VaultConfig, Error> {
         approle_mount: s.approle_mount.clone(),
         request_timeout: s.request_timeout,
         deadline: s.deadline,
+        client_cert: None,
     })
 }
 
@@ -57,7 +61,29 @@ impl VaultIssuer {
         Ok(VaultIssuer {
             client,
             trust_anchor: s.trust_anchor.clone(),
+            role_prefix: String::new(),
         })
+    }
+
+    /// Build the client without logging in, optionally with a TLS client certificate
+    /// whose key is on a token (for [`VaultClient::login_cert`]); `role_prefix` goes before
+    /// every contract role name ("self-" for the self roles of certificate login).
+    pub fn unauthenticated(
+        s: &VaultSettings,
+        client_cert: Option<std::sync::Arc<crate::vault::client_cert::ClientCert>>,
+        role_prefix: &str,
+    ) -> Result<VaultIssuer, Error> {
+        let mut cfg = client_config(s)?;
+        cfg.client_cert = client_cert;
+        Ok(VaultIssuer {
+            client: VaultClient::new(cfg)?,
+            trust_anchor: s.trust_anchor.clone(),
+            role_prefix: role_prefix.to_string(),
+        })
+    }
+
+    fn role_name(&self, role: Role) -> String {
+        format!("{}{}", self.role_prefix, role.name())
     }
 
     pub fn client(&self) -> &VaultClient {
@@ -90,7 +116,7 @@ impl VaultIssuer {
 impl Issuer for VaultIssuer {
     fn preflight(&self, role: Role) -> Result<(), Error> {
         self.client.ensure_fresh_token()?;
-        Ok(self.client.check_sign_access(role.name())?)
+        Ok(self.client.check_sign_access(&self.role_name(role))?)
     }
 
     fn issue(
@@ -114,7 +140,7 @@ impl Issuer for VaultIssuer {
                 .collect(),
             ttl: ttl.map(str::to_string),
         };
-        let signed = self.client.sign(role.name(), &req)?;
+        let signed = self.client.sign(&self.role_name(role), &req)?;
         let mut chain_pem = signed.ca_chain_pem.clone();
         if chain_pem.is_empty() {
             chain_pem.push(signed.issuing_ca_pem.clone());

@@ -8,6 +8,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod attestation;
+pub mod cardtls;
 pub mod config;
 pub mod credentials;
 pub mod crypto;

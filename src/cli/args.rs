@@ -134,6 +134,25 @@ pub struct RenewArgs {
     /// Where unfinished renewals are journaled [default: $STATE_DIRECTORY, $XDG_STATE_HOME/pivault or ~/.local/state/pivault]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub login: CertLoginArgs,
+}
+
+/// How `renew` logs in (see [`pivault::config::CertLogin`]).
+#[derive(Debug, Args, Clone, Default)]
+pub struct CertLoginArgs {
+    /// Vault login: approle (role_id + secret_id) or cert (the token's certificate, no secret on this machine) [env: PIVAULT_AUTH] [default: vault.auth, else approle]
+    #[arg(long, value_parser = parse::<pivault::config::AuthMethod>)]
+    pub auth: Option<pivault::config::AuthMethod>,
+    /// Cert auth mount [env: PIVAULT_CERT_MOUNT] [default: cert]
+    #[arg(long)]
+    pub cert_mount: Option<String>,
+    /// Cert auth role to log in with (Vault tries every matching one without it) [env: PIVAULT_CERT_ROLE]
+    #[arg(long)]
+    pub cert_role: Option<String>,
+    /// Slot whose certificate logs in [env: PIVAULT_LOGIN_SLOT] [default: 9a]
+    #[arg(long, value_parser = parse::<Slot>)]
+    pub login_slot: Option<Slot>,
 }
 
 #[derive(Debug, Args, Clone, Default)]

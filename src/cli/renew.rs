@@ -3,18 +3,24 @@
 use super::args::{Cli, RenewArgs, UnblockArgs};
 use super::connect;
 use super::secrets::{self, Source};
+use pivault::cardtls::CardClientKey;
+use pivault::config::{AuthMethod, CertLogin};
 use pivault::enroll::{self, Context, MgmKeySource};
 use pivault::error::exit;
 use pivault::escrow::{self, Escrow};
+use pivault::issuer::VaultIssuer;
 use pivault::journal::Journal;
 use pivault::piv::yubikey::YubiKeyToken;
 use pivault::piv::PivToken;
 use pivault::renew;
 use pivault::secret::{MgmKeyHex, Pin};
+use pivault::vault::client_cert::ClientCert;
+use pivault::vault::VaultError;
 use pivault::workflow::Preflight;
 use pivault::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 fn state_dir(a: &RenewArgs) -> PathBuf {
     if let Some(d) = &a.state_dir {
@@ -43,7 +49,26 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
 pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     let threshold = a.threshold;
     let only = &a.slots;
-    let issuer = connect(cli, &a.vault)?;
+    let file = super::load_config(cli)?;
+    let login = CertLogin::resolve(
+        &file.vault,
+        &|k| std::env::var(k).ok(),
+        (
+            a.login.auth,
+            a.login.cert_mount.clone(),
+            a.login.cert_role.clone(),
+            a.login.login_slot,
+        ),
+    )?;
+    let settings = super::vault_settings(&file, &a.vault)?;
+    // Certificate login: nothing secret is read here; the client that reads the CA chain
+    // is not logged in, the one that renews is built once the PIN unlocks the token.
+    let cert_login = login.method == AuthMethod::Cert;
+    let issuer = if cert_login {
+        VaultIssuer::unauthenticated(&settings, None, "")?
+    } else {
+        super::login(&settings)?
+    };
     let anchors_der = issuer.anchors_der()?;
     if anchors_der.is_empty() {
         return Err(Error::Config(
@@ -156,12 +181,23 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     // unlocking first only reads the PIN counter and authenticates.
     enroll::unlock(&mut token, &pin, mgm_alg, &mut ask_mgm)?;
     let preflight = Preflight::default();
-    let ctx = Context {
-        issuer: &issuer,
-        anchors_der,
-        preflight: &preflight,
+    let outcome = if cert_login {
+        let (issuer, shared) = cert_issuer(&settings, &login, token, &pin)?;
+        let mut token = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let ctx = Context {
+            issuer: &issuer,
+            anchors_der,
+            preflight: &preflight,
+        };
+        renew::renew(&mut *token, &ctx, &todo, &pin, a.reuse_key, &journal)?
+    } else {
+        let ctx = Context {
+            issuer: &issuer,
+            anchors_der,
+            preflight: &preflight,
+        };
+        renew::renew(&mut token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     };
-    let outcome = renew::renew(&mut token, &ctx, &todo, &pin, a.reuse_key, &journal)?;
     if cli.json {
         print_json(&outcome.report)?;
     } else {
@@ -176,6 +212,49 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
     } else {
         exit::FAILED
     }))
+}
+
+/// Log in to Vault with the certificate in the login slot, the handshake signed by the
+/// token. The token moves behind a mutex shared with the TLS layer for the rest of the run
+/// (one card session, the PIN verified once by the caller and again by the card key before
+/// each of its signatures, as slot 9c requires). A certificate Vault will not take
+/// (expired, revoked, not from the trusted CA) is a person's job: exit 3.
+fn cert_issuer(
+    settings: &pivault::config::VaultSettings,
+    login: &CertLogin,
+    token: YubiKeyToken,
+    pin: &Pin,
+) -> Result<(VaultIssuer, Arc<Mutex<YubiKeyToken>>), Error> {
+    let shared = Arc::new(Mutex::new(token));
+    let key = CardClientKey::new(shared.clone(), login.slot, pin.clone())?;
+    let cert = ClientCert::new(Arc::new(key));
+    let issuer = VaultIssuer::unauthenticated(settings, Some(cert.clone()), "self-")?;
+    match issuer
+        .client()
+        .login_cert(&login.mount, login.role.as_deref())
+    {
+        Ok(()) => {}
+        // Vault's Display of a refused login names AppRole; say what was refused here.
+        Err(VaultError::InvalidCredentials { message, .. }) => {
+            return Err(Error::CertLogin {
+                slot: login.slot,
+                reason: format!("Vault refused it ({message})"),
+            })
+        }
+        Err(e @ VaultError::PermissionDenied { .. }) => {
+            return Err(Error::CertLogin {
+                slot: login.slot,
+                reason: format!("Vault refused it ({e})"),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    }
+    log::info!(
+        "logged in to Vault with the certificate in slot {} ({} signature(s) by the token)",
+        login.slot,
+        cert.signatures()
+    );
+    Ok((issuer, shared))
 }
 
 fn new_pin(a: &UnblockArgs) -> Result<Pin, Error> {

@@ -30,13 +30,13 @@ pub(super) struct Inner {
     auth: RwLock<Option<TokenState>>,
     creds: Mutex<Option<AppRoleCreds>>,
     /// Held while logging in or renewing, so that threads sharing the client do it once.
-    refresh: Mutex<()>,
-    logins: AtomicU64,
+    pub(super) refresh: Mutex<()>,
+    pub(super) logins: AtomicU64,
     renewals: AtomicU64,
 }
 
 #[derive(Clone)]
-struct TokenState {
+pub(super) struct TokenState {
     token: VaultToken,
     /// The TTL the login granted: the yardstick for "a third left".
     ttl: Duration,
@@ -101,6 +101,7 @@ impl VaultClient {
             TlsSettings {
                 ca_bundle_pem: cfg.ca_bundle_pem.as_deref(),
                 skip_verify: cfg.tls_skip_verify,
+                client_cert: cfg.client_cert.clone(),
             },
             cfg.request_timeout,
         )?;
@@ -133,7 +134,7 @@ impl VaultClient {
             .clone()
     }
 
-    fn set_current(&self, st: Option<TokenState>) {
+    pub(super) fn set_current(&self, st: Option<TokenState>) {
         *self.inner.auth.write().unwrap_or_else(|e| e.into_inner()) = st;
     }
 
@@ -202,7 +203,7 @@ impl VaultClient {
 
     /// Read `auth` from a login / renew-self answer. `keep`: renew-self, whose answer names
     /// the same token.
-    fn parse_auth(
+    pub(super) fn parse_auth(
         &self,
         path: &str,
         ans: &Answer,

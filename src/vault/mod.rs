@@ -7,6 +7,7 @@
 //! | call | endpoint | policy line (contract) |
 //! |---|---|---|
 //! | [`VaultClient::login`] | `auth/<approle>/login` | none (unauthenticated) |
+//! | [`VaultClient::login_cert`] | `auth/<cert>/login`, TLS client certificate with its key on a token ([`client_cert`]) | none (optional part of the contract: fixtures/vault/cert-auth.sh) |
 //! | [`VaultClient::ensure_fresh_token`] | `auth/token/renew-self` | `auth/token/renew-self` |
 //! | 403 check | `auth/token/lookup-self` | `auth/token/lookup-self` |
 //! | [`VaultClient::sign`], [`VaultClient::check_sign_access`] | `<pki>/sign/<role>` | `<pki>/sign/*` |
@@ -35,7 +36,9 @@
 //!   system store, which honours `SSL_CERT_FILE`.)
 
 mod answers;
+mod cert_login;
 mod client;
+pub mod client_cert;
 mod endpoints;
 mod error;
 mod policy;
@@ -68,6 +71,8 @@ pub struct VaultConfig {
     pub request_timeout: Duration,
     /// Limit on a whole operation (a `sign` with its login, retries and redirects).
     pub deadline: Duration,
+    /// TLS client certificate with its key on a token, for [`VaultClient::login_cert`].
+    pub client_cert: Option<std::sync::Arc<client_cert::ClientCert>>,
 }
 
 impl VaultConfig {
@@ -84,6 +89,7 @@ impl VaultConfig {
             approle_mount: "approle".into(),
             request_timeout: Duration::from_secs(30),
             deadline: Duration::from_secs(90),
+            client_cert: None,
         }
     }
 }
@@ -109,6 +115,7 @@ impl fmt::Debug for VaultConfig {
             .field("approle_mount", &self.approle_mount)
             .field("request_timeout", &self.request_timeout)
             .field("deadline", &self.deadline)
+            .field("client_cert", &self.client_cert)
             .finish()
     }
 }

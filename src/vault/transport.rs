@@ -124,12 +124,15 @@ pub(crate) struct Http {
     preferred: AtomicUsize,
     pub requests: AtomicU64,
     pub retries: AtomicU64,
+    pub client_cert: Option<Arc<super::client_cert::ClientCert>>,
 }
 
 /// TLS settings, checked before anything is built.
 pub(crate) struct TlsSettings<'a> {
     pub ca_bundle_pem: Option<&'a [u8]>,
     pub skip_verify: bool,
+    /// A client certificate whose key is on a token (`client_cert.rs`).
+    pub client_cert: Option<Arc<super::client_cert::ClientCert>>,
 }
 
 impl Http {
@@ -204,6 +207,16 @@ impl Http {
             );
             b = b.danger_accept_invalid_certs(true);
         }
+        let client_cert = tls.client_cert.clone();
+        if let Some(cert) = tls.client_cert {
+            // Replaces the roots and verification set above with the same rules in a
+            // rustls config of our own, which can carry the card-backed client key.
+            let cfg = super::client_cert::tls_config(tls.ca_bundle_pem, tls.skip_verify, cert)
+                .map_err(VaultError::Config)?;
+            // No pooled connections: the certificate goes only on connections opened while
+            // a login is on, so the login must never ride an earlier connection.
+            b = b.use_preconfigured_tls(cfg).pool_max_idle_per_host(0);
+        }
         let client = b.build().map_err(|e| {
             VaultError::Config(format!("cannot build the HTTP client: {}", chain(&e)))
         })?;
@@ -215,6 +228,7 @@ impl Http {
             preferred: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            client_cert,
         })
     }
 

@@ -441,6 +441,11 @@ impl Vault {
         v
     }
 
+    /// The audit log (JSON lines) of a server started with `audit`.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     /// The server's output so far (for failure messages).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()

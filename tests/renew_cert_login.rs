@@ -1,0 +1,378 @@
+//! Self-service renewal by certificate login (issue 15), on the rig: OpenBao over TLS with
+//! fixtures/vault/cert-auth.sh, a virtual card enrolled by `pivault enroll`, and `pivault
+//! renew --auth cert` in an environment with no AppRole credentials at all. Checked from
+//! the outside: the certificates read back with yubico-piv-tool, OpenBao's audit log, the
+//! card's own APDU counter.
+
+mod common;
+
+use common::card::Card;
+use common::run::{self, pivault, text};
+use common::vault::{Vault, VaultOptions};
+use pivault::cardtls::CardClientKey;
+use pivault::piv::yubikey::{Selector, YubiKeyToken};
+use pivault::piv::Slot;
+use pivault::secret::Pin;
+use pivault::vault::client_cert::ClientCert;
+use pivault::vault::{SignRequest, VaultClient};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+const PIN: &str = "123456";
+const FACTORY_MGM: &str = "010203040506070801020304050607080102030405060708";
+
+/// A TLS OpenBao with the cert auth part of the contract and a file audit device.
+fn cert_vault() -> (Vault, PathBuf) {
+    let v = Vault::start_with(VaultOptions {
+        tls: true,
+        audit: true,
+        ..Default::default()
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vault/cert-auth.sh");
+    let mut c = Command::new("bash");
+    c.arg(&script);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("BAO_") || k.starts_with("VAULT_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("BAO_ADDR", &v.addr)
+        .env("BAO_TOKEN", v.root_token())
+        .env("BAO_CACERT", v.tls_ca.as_ref().expect("TLS CA"));
+    let o = c.output().expect("run cert-auth.sh");
+    assert!(o.status.success(), "cert-auth.sh: {}", text(&o));
+    let audit = v.audit_log();
+    (v, audit)
+}
+
+/// The request paths in the audit log (request entries only), in order.
+fn audited_paths(audit: &Path) -> Vec<String> {
+    std::fs::read_to_string(audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "request")
+        .filter_map(|e| e["request"]["path"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn enroll(v: &Vault, card: &Card, cn: &str, slots: &[&str]) {
+    let mut env = run::anchored_env(v);
+    env.push(("PIVAULT_PIN".into(), PIN.into()));
+    let mut args = vec!["--cn", cn, "--ttl", "1h"];
+    for s in slots {
+        args.extend(["--slot", s]);
+    }
+    run::ok(run::enroll_cmd(card, &env, &args));
+}
+
+/// `pivault renew --auth cert` (everything is due: 9000 h left is more than any
+/// certificate here has), Vault address, its TLS CA and the trust anchor only; no
+/// role_id, no secret_id.
+fn renew_cert(v: &Vault, card: &Card, state: &Path, extra: &[&str]) -> std::process::Output {
+    let env = vec![
+        ("VAULT_ADDR".to_string(), v.addr.clone()),
+        (
+            "VAULT_CACERT".into(),
+            v.tls_ca.as_ref().expect("CA").display().to_string(),
+        ),
+        (
+            "PIVAULT_TRUST_ANCHOR".into(),
+            v.root_pem.display().to_string(),
+        ),
+        ("PIVAULT_PIN".into(), PIN.into()),
+        ("PIVAULT_MGMT_KEY".into(), FACTORY_MGM.into()),
+    ];
+    let mut c = pivault(&env);
+    for k in [
+        "PIVAULT_ROLE_ID",
+        "PIVAULT_SECRET_ID",
+        "PIVAULT_SECRET_ID_FILE",
+    ] {
+        c.env_remove(k);
+    }
+    c.args(["renew", "--auth", "cert", "--threshold", "9000h"]);
+    c.args([
+        "--serial",
+        &card.serial.to_string(),
+        "--reader",
+        &card.reader,
+    ]);
+    c.arg("--state-dir").arg(state);
+    c.args(extra);
+    run::run(c)
+}
+
+#[test]
+fn renews_9a_and_9c_with_the_token_certificate_and_no_approle() {
+    let (v, audit) = cert_vault();
+    let card = Card::start();
+    enroll(&v, &card, "jane", &["9a", "9c"]);
+    let before_9a = run::piv_tool_read_cert(&card.reader, "9a");
+    let before_9c = run::piv_tool_read_cert(&card.reader, "9c");
+    let audited_before = audited_paths(&audit).len();
+    let state = tempfile::tempdir().expect("tmp");
+    // --check needs no login at all: exit 10 (due), nothing changed.
+    let o = renew_cert(&v, &card, state.path(), &["--check"]);
+    assert_eq!(o.status.code(), Some(10), "renew --check: {}", text(&o));
+    assert_eq!(before_9a, run::piv_tool_read_cert(&card.reader, "9a"));
+    let o = renew_cert(&v, &card, state.path(), &[]);
+    assert!(o.status.success(), "renew --auth cert: {}", text(&o));
+    let after_9a = run::piv_tool_read_cert(&card.reader, "9a");
+    let after_9c = run::piv_tool_read_cert(&card.reader, "9c");
+    assert_ne!(before_9a, after_9a, "9a was not renewed");
+    assert_ne!(before_9c, after_9c, "9c was not renewed");
+    // Re-keyed: the new certificates hold new keys, and match the keys in the slots.
+    let dir = state.path();
+    assert_ne!(
+        run::openssl_pubkey(&before_9a, dir),
+        run::openssl_pubkey(&after_9a, dir)
+    );
+    assert_ne!(
+        run::openssl_pubkey(&before_9c, dir),
+        run::openssl_pubkey(&after_9c, dir)
+    );
+    assert!(run::slot_key_matches_cert(&card.reader, "9a", PIN, dir));
+    for pem in [&after_9a, &after_9c] {
+        let t = run::openssl_text(pem, dir);
+        assert!(t.contains("CN=jane") || t.contains("CN = jane"), "{t}");
+    }
+    let paths: Vec<String> = audited_paths(&audit)[audited_before..].to_vec();
+    eprintln!("audited requests of the renewal: {paths:?}");
+    assert!(
+        paths.iter().any(|p| p == "auth/cert/login"),
+        "no cert login: {paths:?}"
+    );
+    let allowed = [
+        "auth/cert/login",
+        "pki/sign/self-yubikey-piv-auth",
+        "pki/sign/self-yubikey-piv-email-signing",
+        "pki/cert/ca_chain",
+        "pki/cert/ca",
+    ];
+    for p in &paths {
+        assert!(
+            allowed.contains(&p.as_str()),
+            "unexpected request {p}: {paths:?}"
+        );
+    }
+    for p in [
+        "pki/sign/self-yubikey-piv-auth",
+        "pki/sign/self-yubikey-piv-email-signing",
+    ] {
+        assert!(paths.iter().any(|q| q == p), "no {p}: {paths:?}");
+    }
+    // The new 9a certificate signs the next login: a second renewal works with it.
+    let o = renew_cert(&v, &card, state.path(), &["--slot", "9a"]);
+    assert!(o.status.success(), "second renew: {}", text(&o));
+    assert_ne!(after_9a, run::piv_tool_read_cert(&card.reader, "9a"));
+}
+
+/// The login's handshake signature is made by the card (its APDU counter moves during
+/// the login and only then), and the login can have its own name signed but not
+/// another user's: Vault refuses, and pivault's error says so.
+#[test]
+fn login_signs_on_the_card_and_cannot_get_another_name() {
+    let (v, _audit) = cert_vault();
+    let card = Card::start();
+    enroll(&v, &card, "jane", &["9a"]);
+    let token = YubiKeyToken::open(&Selector {
+        serial: Some(card.serial),
+        reader: Some(card.reader.clone()),
+    })
+    .expect("open the card");
+    let shared = Arc::new(Mutex::new(token));
+    let pin = Pin::new(PIN);
+    let key = CardClientKey::new(shared.clone(), Slot::AUTHENTICATION, pin).expect("card key");
+    let cert = ClientCert::new(Arc::new(key));
+    let mut cfg = v.vault_config();
+    cfg.client_cert = Some(cert.clone());
+    let client = VaultClient::new(cfg).expect("client");
+    // An unauthenticated call first: its connection must not carry the login.
+    client.ca_chain().expect("CA chain");
+    let a0 = card.apdu_count();
+    assert_eq!(cert.signatures(), 0, "the card signed before the login");
+    let t0 = std::time::Instant::now();
+    client.login_cert("cert", None).expect("cert login");
+    let took = t0.elapsed();
+    let a1 = card.apdu_count();
+    eprintln!(
+        "cert login: {} ms, {} APDUs on the card during it",
+        took.as_millis(),
+        a1 - a0
+    );
+    assert_eq!(cert.signatures(), 1, "one handshake signature per login");
+    // VERIFY + GENERAL AUTHENTICATE (measured: exactly 2).
+    assert!(
+        a1 >= a0 + 2,
+        "the card saw {} APDUs during the login",
+        a1 - a0
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let csr = |cn: &str| -> String {
+        let key = dir.path().join(format!("{cn}.key"));
+        let o = run::run({
+            let mut c = run::tool("openssl");
+            c.args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ]);
+            c.args(["-nodes", "-subj", &format!("/CN={cn}"), "-keyout"]);
+            c.arg(&key);
+            c
+        });
+        assert!(o.status.success(), "openssl req: {}", text(&o));
+        String::from_utf8(o.stdout).expect("PEM")
+    };
+    let req = |pem: String| SignRequest {
+        csr_pem: pem,
+        ..Default::default()
+    };
+    // Own name: issued (the test can fail the other way too).
+    let own = client.sign("self-yubikey-piv-auth", &req(csr("jane")));
+    assert!(own.is_ok(), "own name refused: {:?}", own.err());
+    // Another user's name: refused by Vault, and said plainly.
+    let a2 = card.apdu_count();
+    let err = client
+        .sign("self-yubikey-piv-auth", &req(csr("eve")))
+        .expect_err("Vault signed a CSR for another user's name");
+    let msg = err.to_string();
+    eprintln!("pivault's error: {msg}");
+    assert!(msg.contains("not allowed by this role"), "{msg}");
+    assert!(msg.contains("eve"), "{msg}");
+    // No further handshake signatures after the login (new connections go without the
+    // certificate): the card is not asked again.
+    assert_eq!(cert.signatures(), 1);
+    assert!(
+        card.apdu_count() <= a2 + 1,
+        "the card was used after the login"
+    );
+    // A contract role is outside the renew-only policy.
+    let denied = client.sign("yubikey-piv-auth", &req(csr("jane")));
+    assert!(
+        denied.is_err(),
+        "the cert login could sign with a contract role"
+    );
+    // ... and no escrow record: the KV mount is closed to it.
+    let kv = client.kv_read::<serde_json::Value>(&card.serial.to_string());
+    assert!(
+        matches!(kv, Err(pivault::vault::VaultError::PermissionDenied { .. })),
+        "the cert login reached KV: {:?}",
+        kv.map(|_| ())
+    );
+    drop(client);
+    drop(shared);
+}
+
+/// A certificate Vault no longer accepts (the cert auth role trusting it is gone): exit 3,
+/// "go to the helpdesk", and the token unchanged.
+#[test]
+fn refused_certificate_sends_the_user_to_the_helpdesk() {
+    let (v, audit) = cert_vault();
+    let card = Card::start();
+    enroll(&v, &card, "jane", &["9a"]);
+    let before = run::piv_tool_read_cert(&card.reader, "9a");
+    let o = v.bao(&["delete", "auth/cert/certs/pivault-users"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let state = tempfile::tempdir().expect("tmp");
+    let o = renew_cert(&v, &card, state.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        err.contains("cannot log in to Vault with the token's certificate"),
+        "{err}"
+    );
+    assert!(err.contains("helpdesk"), "{err}");
+    assert!(!err.contains("AppRole"), "{err}");
+    assert_eq!(before, run::piv_tool_read_cert(&card.reader, "9a"));
+    let signs = audited_paths(&audit)
+        .into_iter()
+        .filter(|p| p.contains("/sign/"))
+        .count();
+    // Only enroll's signs (preflight + sign for 9a), none by the refused renewal.
+    assert_eq!(signs, 2, "{:?}", audited_paths(&audit));
+}
+
+/// RSA (TLS 1.3: RSA-PSS padded on the host, raw RSA on the card) and P-384 keys log in
+/// too: Vault accepts each handshake and the login, one card signature each. A 9c
+/// certificate (S/MIME EKU, no clientAuth) is refused before Vault is asked: Vault would
+/// answer 500 "incompatible key usage".
+#[test]
+fn rsa_and_p384_keys_log_in() {
+    let (v, audit) = cert_vault();
+    let card = Card::start();
+    enroll(
+        &v,
+        &card,
+        "jane",
+        &["9a:algorithm=rsa2048", "9e:algorithm=p384", "9c"],
+    );
+    let token = YubiKeyToken::open(&Selector {
+        serial: Some(card.serial),
+        reader: Some(card.reader.clone()),
+    })
+    .expect("open the card");
+    let shared = Arc::new(Mutex::new(token));
+    let logins_before = audited_paths(&audit)
+        .iter()
+        .filter(|p| *p == "auth/cert/login")
+        .count();
+    let e = CardClientKey::new(shared.clone(), Slot::SIGNATURE, Pin::new(PIN))
+        .err()
+        .expect("9c accepted as a login certificate");
+    assert!(e.to_string().contains("client authentication"), "{e}");
+    for slot in [Slot::AUTHENTICATION, Slot::CARD_AUTHENTICATION] {
+        let key = CardClientKey::new(shared.clone(), slot, Pin::new(PIN)).expect("card key");
+        let cert = ClientCert::new(Arc::new(key));
+        let mut cfg = v.vault_config();
+        cfg.client_cert = Some(cert.clone());
+        let client = VaultClient::new(cfg).expect("client");
+        client
+            .login_cert("cert", Some("pivault-users"))
+            .unwrap_or_else(|e| panic!("slot {slot}: cert login: {e}"));
+        assert_eq!(cert.signatures(), 1, "slot {slot}");
+    }
+    let logins = audited_paths(&audit)
+        .iter()
+        .filter(|p| *p == "auth/cert/login")
+        .count();
+    assert_eq!(logins - logins_before, 2);
+}
+
+/// An expired login certificate: exit 3 and "go to the helpdesk", found before Vault is
+/// asked for anything but the CA chain, and the token unchanged.
+#[test]
+fn expired_certificate_sends_the_user_to_the_helpdesk() {
+    let (v, audit) = cert_vault();
+    let card = Card::start();
+    let mut env = run::anchored_env(&v);
+    env.push(("PIVAULT_PIN".into(), PIN.into()));
+    run::ok(run::enroll_cmd(
+        &card,
+        &env,
+        &["--cn", "jane", "--ttl", "10s", "--slot", "9a"],
+    ));
+    let before = run::piv_tool_read_cert(&card.reader, "9a");
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let audited_before = audited_paths(&audit).len();
+    let state = tempfile::tempdir().expect("tmp");
+    let o = renew_cert(&v, &card, state.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(err.contains("expired"), "{err}");
+    assert!(err.contains("helpdesk"), "{err}");
+    assert_eq!(before, run::piv_tool_read_cert(&card.reader, "9a"));
+    let paths: Vec<String> = audited_paths(&audit)[audited_before..].to_vec();
+    assert!(
+        paths.iter().all(|p| p == "pki/cert/ca_chain"),
+        "asked Vault for more than the CA chain: {paths:?}"
+    );
+}
