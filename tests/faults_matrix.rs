@@ -243,7 +243,7 @@ fn escrow_factory(h: &Harness, card: &Card, dir: &Path) {
 }
 
 fn command(h: &Harness, cmd: Cmd, ctx: &Ctx) -> Command {
-    let mut env = h.vault.pivault_env();
+    let mut env = run::anchored_env(&h.vault);
     for (k, v) in env.iter_mut() {
         if k == "VAULT_ADDR" {
             *v = h.proxy.addr.clone();
@@ -291,6 +291,12 @@ fn command(h: &Harness, cmd: Cmd, ctx: &Ctx) -> Command {
         }
         Cmd::Renew => {
             env.push(("PIVAULT_PIN".into(), PIN.into()));
+            // Renewal reads no escrow record (issue 10, defect 7): the token here keeps the
+            // factory management key, which the user's machine is given directly.
+            env.push((
+                "PIVAULT_MGMT_KEY".into(),
+                "010203040506070801020304050607080102030405060708".into(),
+            ));
             let mut c = pivault(&env);
             c.args(["renew", "--threshold", "9000h"]);
             c.args(["--serial", &ctx.card.serial.to_string()]);
