@@ -82,6 +82,20 @@ impl Journal {
         self.dir.join(format!("{serial}.json"))
     }
 
+    /// `Err(InDoubt)` when `entry` says a request for `slot` was sent and its answer lost:
+    /// Vault may have issued, so the slot is never requested again automatically (the one
+    /// check every slot policy makes first).
+    pub fn check_not_in_doubt(&self, serial: u32, entry: &Entry, slot: Slot) -> Result<(), Error> {
+        match entry.requested.get(&slot) {
+            Some(since) => Err(Error::InDoubt {
+                slot,
+                since: since.clone(),
+                journal: self.path(serial),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn io(&self, e: std::io::Error) -> Error {
         Error::Io {
             what: format!("journal {}", self.dir.display()),

@@ -228,13 +228,8 @@ impl SlotPolicy for RenewSlots<'_> {
         sp: &SlotPlan,
     ) -> Result<SlotAction, Error> {
         let slot = sp.slot;
-        if let Some(since) = self.entry.requested.get(&slot) {
-            return Err(Error::InDoubt {
-                slot,
-                since: since.clone(),
-                journal: self.journal.dir().join(format!("{}.json", self.serial)),
-            });
-        }
+        self.journal
+            .check_not_in_doubt(self.serial, &self.entry, slot)?;
         let cur = self
             .current
             .iter()

@@ -621,3 +621,54 @@ fn at_a_terminal_it_asks_and_shows_the_plan_without_one_it_refuses() {
     let dir = tempfile::tempdir().expect("tmp");
     assert!(run::openssl_text(&pem, dir.path()).contains("Helpdesk Jane"));
 }
+
+/// Firmware 5.7 (issue 9): the AES-192 factory management key, metadata read before any
+/// try is spent, and policies and key origin in `status` — as the card reports them in
+/// GET METADATA, cross-checked with Debian's ykman, which reads the same metadata itself.
+#[test]
+fn firmware_5_7_metadata_drives_enroll_and_status() {
+    let vault = Vault::start();
+    let card = Card::start_with(CardOptions {
+        version: Some("5.7.4".into()),
+        ..CardOptions::default()
+    });
+    let before = status(&card);
+    assert_eq!(before["mgmt_key_algorithm"], "aes192", "{before}");
+    assert_eq!(before["mgmt_key_is_default"], true, "{before}");
+    assert_eq!(before["pin_tries_left"], 3, "{before}");
+
+    let o = run::run(enroll_cmd(
+        &card,
+        &env_for(&vault),
+        &[
+            "--json",
+            "--slot",
+            "9a:pin-policy=always,touch-policy=never",
+            "--cn",
+            "Metadata {serial}",
+        ],
+    ));
+    assert!(o.status.success(), "enroll on 5.7.4: {}", text(&o));
+
+    let st = status(&card);
+    let slot = st["slots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["slot"] == "9a"))
+        .unwrap_or_else(|| panic!("no slot 9a in {st}"))
+        .clone();
+    assert_eq!(slot["pin_policy"], "always", "{st}");
+    assert_eq!(slot["touch_policy"], "never", "{st}");
+    assert_eq!(slot["key_generated_on_token"], true, "{st}");
+    assert_eq!(st["pin_tries_left"], 3, "no PIN try spent: {st}");
+
+    // Another client reads the card's own metadata for the slot.
+    let mut c = run::tool("ykman");
+    c.args(["--reader", &card.reader, "piv", "info"]);
+    let o = run::run(c);
+    let info = text(&o);
+    assert!(o.status.success(), "ykman piv info: {info}");
+    assert!(
+        info.contains("AES192"),
+        "ykman sees no AES-192 management key: {info}"
+    );
+}

@@ -406,12 +406,7 @@ impl PivToken for YubiKeyToken {
         }
         match piv::metadata(&mut self.yk, SlotId::Management(ManagementSlotId::Puk)) {
             Ok(m) => Ok(m.retries.map(|r| r.remaining_count)),
-            Err(
-                yubikey::Error::NotSupported
-                | yubikey::Error::ParseError
-                | yubikey::Error::GenericError
-                | yubikey::Error::SizeError,
-            ) => Ok(None),
+            Err(yubikey::Error::NotSupported) => Ok(None),
             Err(e) => Err(self.fail("read PUK metadata", e)),
         }
     }
@@ -428,13 +423,8 @@ impl PivToken for YubiKeyToken {
         }
         let flag = |yk: &mut YubiKey, id| match piv::metadata(yk, SlotId::Management(id)) {
             Ok(m) => Ok(m.default),
-            // Firmware that promises metadata but gives none: "cannot tell".
-            Err(
-                yubikey::Error::NotSupported
-                | yubikey::Error::ParseError
-                | yubikey::Error::GenericError
-                | yubikey::Error::SizeError,
-            ) => Ok(None),
+            // Only "instruction not supported" means "cannot tell" (see `slot_key`).
+            Err(yubikey::Error::NotSupported) => Ok(None),
             Err(e) => Err(e),
         };
         let pin = flag(&mut self.yk, ManagementSlotId::Pin)
@@ -467,7 +457,8 @@ impl PivToken for YubiKeyToken {
                     };
                     (alg, m.default)
                 }
-                Err(_) => (None, None),
+                Err(yubikey::Error::NotSupported) => (None, None),
+                Err(e) => return Err(self.fail("read management key metadata", e)),
             }
         } else {
             // Before 5.3 (and before AES in 5.4) every management key is 3DES.
@@ -547,14 +538,10 @@ impl PivToken for YubiKeyToken {
                 }))
             }
             Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
-            // A token whose firmware number promises GET METADATA but that answers with
-            // nothing usable (some emulators, and cards behind odd middleware) cannot tell.
-            Err(
-                yubikey::Error::NotSupported
-                | yubikey::Error::ParseError
-                | yubikey::Error::GenericError
-                | yubikey::Error::SizeError,
-            ) => Err(self.unsupported("reading key metadata")),
+            // Firmware that has GET METADATA answers it; only "instruction not supported"
+            // (a token whose version number promises more than it has) means "cannot
+            // tell". An answer that does not parse is a fault, reported as one.
+            Err(yubikey::Error::NotSupported) => Err(self.unsupported("reading key metadata")),
             Err(e) => Err(self.fail("read key metadata", e)),
         }
     }

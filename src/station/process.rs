@@ -262,13 +262,13 @@ impl SlotPolicy for StationSlots<'_, '_> {
         sp: &SlotPlan,
     ) -> Result<SlotAction, Error> {
         let slot = sp.slot;
-        if let Some(since) = self.journal.requested.get(&slot) {
+        if let Err(e) = self
+            .st
+            .journal
+            .check_not_in_doubt(self.serial, self.journal, slot)
+        {
             self.in_doubt.push(slot);
-            return Err(Error::InDoubt {
-                slot,
-                since: since.clone(),
-                journal: self.st.journal.dir().join(format!("{}.json", self.serial)),
-            });
+            return Err(e);
         }
         let current = token.read_certificate(slot)?;
         if !self.st.force {
