@@ -242,9 +242,19 @@ pub fn unlock(
     let len = hex::decode(key.expose().trim())
         .map(|b| zeroize::Zeroizing::new(b).len())
         .map_err(|_| Error::Usage("the management key is not hex".into()))?;
-    let alg = mgm_alg
-        .or(known_alg)
-        .or(state.algorithm)
+    // The card's own metadata (firmware 5.3+) is the truth; a flag or an escrow record that
+    // says otherwise is stale or mistaken, and authenticating with it would only fail.
+    let claimed = mgm_alg.or(known_alg);
+    if let (Some(card), Some(claimed)) = (state.algorithm, claimed) {
+        if card != claimed {
+            log::warn!(
+                "the token reports a {card} management key, not {claimed} as configured; using {card}"
+            );
+        }
+    }
+    let alg = state
+        .algorithm
+        .or(claimed)
         .or_else(|| MgmAlgorithm::guess(len, token.info().version))
         .ok_or_else(|| {
             Error::Usage(format!(
