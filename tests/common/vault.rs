@@ -1122,14 +1122,25 @@ impl Cluster {
     /// Issued since provisioning, from the cert list (any node that answers) and the audit
     /// log, checked against each other.
     pub fn issuance(&self) -> Result<Issuance, CountError> {
-        let listed: HashSet<String> = self
-            .api()
-            .cert_serials()?
-            .difference(&self.baseline_certs)
-            .cloned()
-            .collect();
-        let events = read_audit(std::slice::from_ref(&self.audit_log), None, "pki")?;
-        Issuance::new(listed, events)
+        // Just after a leader change the node that answers the list may not have applied
+        // the newest raft entries yet (seen: a serial audited as issued, listed a moment
+        // later). A disagreement that lasts 20 s fails; anything else fails at once.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed: HashSet<String> = self
+                .api()
+                .cert_serials()?
+                .difference(&self.baseline_certs)
+                .cloned()
+                .collect();
+            let events = read_audit(std::slice::from_ref(&self.audit_log), None, "pki")?;
+            match Issuance::new(listed, events) {
+                Err(e) if e.0.contains("disagree") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
     }
 
     pub fn stop(&mut self) {
