@@ -9,11 +9,8 @@
 //! possibly busy): when it cannot be renewed it is used until it expires.
 
 use super::client::VaultClient;
-use super::error::{ReqKind, VaultError};
-use super::transport::{Payload, Repeat, Request};
-use reqwest::Method;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use super::error::VaultError;
+use super::transport::Payload;
 
 impl VaultClient {
     /// Log in at `auth/<mount>/login` with the client certificate set in
@@ -31,28 +28,11 @@ impl VaultClient {
         let body = Payload::Json(serde_json::Value::Object(body).to_string().into_bytes());
         let path = format!("auth/{}/login", mount.trim_matches('/'));
         let _g = self.inner.refresh.lock().unwrap_or_else(|e| e.into_inner());
+        // The certificate is offered only while this request's handshake runs.
         cert.arm(true);
-        let sent = Instant::now();
-        let ans = self.inner.http.send(
-            &Request {
-                method: Method::POST,
-                path: &path,
-                query: "",
-                body: &body,
-                token: None,
-                namespace: true,
-                repeat: Repeat::Always,
-                kind: ReqKind::Login,
-            },
-            self.deadline(),
-        );
+        let st = self.post_login(&path, &body, self.deadline());
         cert.arm(false);
-        let ans = ans?;
-        if ans.status != 200 {
-            return Err(self.error(&path, ReqKind::Login, &ans));
-        }
-        let st = self.parse_auth(&path, &ans, sent, None)?;
-        self.inner.logins.fetch_add(1, Ordering::Relaxed);
+        let st = st?;
         log::debug!(
             "logged in to Vault with the token's certificate ({} handshake signature(s) by the token)",
             cert.signatures()

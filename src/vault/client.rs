@@ -172,13 +172,30 @@ impl VaultClient {
         .map_err(|e| VaultError::InvalidInput(format!("AppRole credentials: {e}")))?;
         let body = Payload::Secret(Arc::new(buf.into_inner()));
         let path = format!("auth/{}/login", self.inner.approle);
+        let st = self.post_login(&path, &body, deadline)?;
+        log::debug!(
+            "logged in to Vault with AppRole (token TTL {} s, renewable: {})",
+            st.ttl.as_secs(),
+            st.renewable
+        );
+        Ok(st)
+    }
+
+    /// POST a login to `path` (any auth method), read the token from its answer and count
+    /// the login: the one login request every auth method shares.
+    pub(super) fn post_login(
+        &self,
+        path: &str,
+        body: &Payload,
+        deadline: Instant,
+    ) -> Result<TokenState, VaultError> {
         let sent = Instant::now();
         let ans = self.inner.http.send(
             &Request {
                 method: Method::POST,
-                path: &path,
+                path,
                 query: "",
-                body: &body,
+                body,
                 token: None,
                 namespace: true,
                 // A second login after a lost answer costs one token; with single-use
@@ -189,15 +206,10 @@ impl VaultClient {
             deadline,
         )?;
         if ans.status != 200 {
-            return Err(self.error(&path, ReqKind::Login, &ans));
+            return Err(self.error(path, ReqKind::Login, &ans));
         }
-        let st = self.parse_auth(&path, &ans, sent, None)?;
+        let st = self.parse_auth(path, &ans, sent, None)?;
         self.inner.logins.fetch_add(1, Ordering::Relaxed);
-        log::debug!(
-            "logged in to Vault with AppRole (token TTL {} s, renewable: {})",
-            st.ttl.as_secs(),
-            st.renewable
-        );
         Ok(st)
     }
 
