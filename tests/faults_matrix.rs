@@ -201,11 +201,11 @@ fn prepare(h: &Harness, cmd: Cmd) -> Ctx {
         let ctx = Ctx { card, dir, profile };
         let o = run::run(command(h, Cmd::Enroll, &ctx));
         assert!(o.status.success(), "enrolling before renew: {}", text(&o));
-        escrow_factory(h, &ctx.card, ctx.dir.path());
+        run::escrow_factory(&h.vault, &ctx.card, ctx.dir.path());
         return ctx;
     }
     if cmd == Cmd::Unblock {
-        escrow_factory(h, &card, dir.path());
+        run::escrow_factory(&h.vault, &card, dir.path());
         for _ in 0..3 {
             let mut c = run::tool("yubico-piv-tool");
             c.args(["-r", &card.reader, "-a", "verify-pin", "-P", "000000"]);
@@ -213,33 +213,6 @@ fn prepare(h: &Harness, cmd: Cmd) -> Ctx {
         }
     }
     Ctx { card, dir, profile }
-}
-
-/// Escrow the card's factory credentials as a station would have (tests/renew.rs does the
-/// same).
-fn escrow_factory(h: &Harness, card: &Card, dir: &Path) {
-    let rec = serde_json::json!({
-        "schema": 1,
-        "serial": card.serial,
-        "live": {
-            "pin": PIN,
-            "puk": "12345678",
-            "mgmt_key": "010203040506070801020304050607080102030405060708",
-            "mgmt_key_algorithm": "3des",
-            "mgmt_key_protected": false
-        },
-        "updated_at": "2026-01-01T00:00:00Z",
-        "updated_by": "fault matrix"
-    });
-    let f = dir.join("rec.json");
-    std::fs::write(&f, rec.to_string()).expect("write");
-    let o = h.vault.bao(&[
-        "kv",
-        "put",
-        &format!("yubikeys/{}", card.serial),
-        &format!("@{}", f.display()),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
 }
 
 fn command(h: &Harness, cmd: Cmd, ctx: &Ctx) -> Command {

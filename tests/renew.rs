@@ -14,32 +14,6 @@ use std::time::{Duration, Instant};
 const PIN: &str = "123456";
 const FACTORY_MGM: &str = "010203040506070801020304050607080102030405060708";
 
-/// Escrow the card's current (factory) credentials the way a station would have.
-fn escrow_factory(vault: &Vault, card: &Card, dir: &std::path::Path) {
-    let rec = serde_json::json!({
-        "schema": 1,
-        "serial": card.serial,
-        "live": {
-            "pin": PIN,
-            "puk": "12345678",
-            "mgmt_key": "010203040506070801020304050607080102030405060708",
-            "mgmt_key_algorithm": "3des",
-            "mgmt_key_protected": false
-        },
-        "updated_at": "2026-01-01T00:00:00Z",
-        "updated_by": "test"
-    });
-    let f = dir.join("rec.json");
-    std::fs::write(&f, rec.to_string()).expect("write");
-    let o = vault.bao(&[
-        "kv",
-        "put",
-        &format!("yubikeys/{}", card.serial),
-        &format!("@{}", f.display()),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-}
-
 /// pivault with the PIN and, for `renew`, the management key given (these tokens keep
 /// no PIN-protected one).
 fn cmd(vault: &Vault, card: &Card, args: &[&str], state: &std::path::Path) -> Command {
@@ -234,7 +208,7 @@ fn renewal_never_falls_back_to_the_escrow_record() {
     let card = Card::start();
     let dir = tempfile::tempdir().expect("tmp");
     enroll(&vault, &card, "1h");
-    escrow_factory(&vault, &card, dir.path());
+    run::escrow_factory(&vault, &card, dir.path());
     let before = run::piv_tool_read_cert(&card.reader, "9a");
     let mut env = run::anchored_env(&vault);
     env.push(("PIVAULT_PIN".into(), PIN.into()));
@@ -272,7 +246,7 @@ fn renew_only_when_due_rekeying_by_default() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
     enroll(&vault, &card, "60s");
-    escrow_factory(&vault, &card, dir.path());
+    run::escrow_factory(&vault, &card, dir.path());
     let first = run::piv_tool_read_cert(&card.reader, "9a");
 
     // Vault backdates by 30 s: lifetime 90 s, a third elapsed at issue; due at half.
@@ -381,7 +355,7 @@ fn vault_down_changes_nothing_and_a_kill_after_keygen_is_finished() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
     enroll(&vault, &card, "1h");
-    escrow_factory(&vault, &card, dir.path());
+    run::escrow_factory(&vault, &card, dir.path());
     let before = run::piv_tool_read_cert(&card.reader, "9a");
 
     // Killed right after the new key is generated: the next run finishes the job even
@@ -431,7 +405,7 @@ fn blocked_pin_is_unblocked_with_the_escrowed_puk_which_is_then_rotated() {
     let vault = Vault::start();
     let card = Card::start();
     let dir = tempfile::tempdir().expect("tmp");
-    escrow_factory(&vault, &card, dir.path());
+    run::escrow_factory(&vault, &card, dir.path());
     for _ in 0..3 {
         let mut c = run::tool("yubico-piv-tool");
         c.args(["-r", &card.reader, "-a", "verify-pin", "-P", "000000"]);
@@ -513,7 +487,7 @@ fn unblock_never_spends_the_last_puk_try() {
         ..Default::default()
     });
     let dir = tempfile::tempdir().expect("tmp");
-    escrow_factory(&vault, &card, dir.path());
+    run::escrow_factory(&vault, &card, dir.path());
     for _ in 0..2 {
         let mut c = run::tool("yubico-piv-tool");
         c.args([

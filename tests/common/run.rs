@@ -251,3 +251,30 @@ pub fn anchored_env(vault: &super::vault::Vault) -> Vec<(String, String)> {
     ));
     env
 }
+
+/// Escrow a card's factory credentials in Vault KV (schema-1 record) the way a station
+/// would have, so `unblock` and renewal tests start from an escrowed token.
+pub fn escrow_factory(vault: &super::vault::Vault, card: &super::card::Card, dir: &Path) {
+    let rec = serde_json::json!({
+        "schema": 1,
+        "serial": card.serial,
+        "live": {
+            "pin": "123456",
+            "puk": "12345678",
+            "mgmt_key": "010203040506070801020304050607080102030405060708",
+            "mgmt_key_algorithm": "3des",
+            "mgmt_key_protected": false
+        },
+        "updated_at": "2026-01-01T00:00:00Z",
+        "updated_by": "test rig"
+    });
+    let f = dir.join("rec.json");
+    std::fs::write(&f, rec.to_string()).expect("write the escrow record");
+    let o = vault.bao(&[
+        "kv",
+        "put",
+        &format!("yubikeys/{}", card.serial),
+        &format!("@{}", f.display()),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
