@@ -94,10 +94,11 @@ fn station(
     run::run(c)
 }
 
+/// The report file's lines, each validated against schemas/station-line.schema.json.
 fn report_lines(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    common::schema::assert_lines(text.as_bytes());
+    text.lines()
         .map(|l| serde_json::from_str(l).expect("report line is JSON"))
         .collect()
 }
