@@ -190,7 +190,7 @@ fn built_documents() -> Vec<(&'static str, String)> {
             reader: "r".into(),
         }],
     };
-    let status = pivault::status::TokenStatus {
+    let status = report::status::TokenStatus {
         serial: 7,
         firmware: FirmwareVersion::new(5, 4, 3),
         reader: "r".into(),
@@ -199,7 +199,7 @@ fn built_documents() -> Vec<(&'static str, String)> {
         mgmt_key_algorithm: Some(MgmAlgorithm::Aes256),
         mgmt_key_pin_protected: true,
         mgmt_key_is_default: Some(false),
-        slots: vec![pivault::status::SlotStatus {
+        slots: vec![report::status::SlotStatus {
             slot: slot(0x82),
             name: slot(0x82).name(),
             key_algorithm: Some(Algorithm::Ed25519),
