@@ -314,3 +314,34 @@ fn inconsistent_slot_reports_are_rejected() {
         assert!(validate(&x).is_err(), "{what} accepted");
     }
 }
+
+/// Arguments clap refuses still give a `--json` caller an `error` document (exit 2), and
+/// clap's usage message on stderr; without `--json` stdout stays empty.
+#[test]
+fn refused_arguments_print_an_error_document_with_json() {
+    let mut c = common::run::pivault(&[]);
+    c.args(["--json", "enroll", "--no-such-flag"]);
+    let o = common::run::run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", common::run::text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one document");
+    assert_eq!(doc["kind"], "error");
+    assert_eq!(doc["exit_code"], 2);
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--no-such-flag"),
+        "{doc}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Usage:"));
+    let mut c = common::run::pivault(&[]);
+    c.args(["enroll", "--no-such-flag"]);
+    let o = common::run::run(c);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(o.stdout.is_empty(), "{}", common::run::text(&o));
+    // --help is not an error: exit 0, no document.
+    let mut c = common::run::pivault(&[]);
+    c.args(["--json", "--help"]);
+    let o = common::run::run(c);
+    assert_eq!(o.status.code(), Some(0));
+}

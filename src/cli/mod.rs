@@ -65,8 +65,32 @@ pub fn fail(e: &Error, json: bool) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
+/// clap refused the arguments: its message on stderr as always, and with `--json` also
+/// an `error` document on stdout, so a script reading stdout learns why (exit 2).
+fn bad_arguments(e: &clap::Error) -> ExitCode {
+    let code = e.exit_code();
+    let json = std::env::args_os().any(|a| a == "--json");
+    if json && e.use_stderr() {
+        let rendered = e.to_string();
+        let first = rendered.lines().next().unwrap_or("bad arguments");
+        let doc = pivault::report::error::ErrorDoc {
+            error: first.strip_prefix("error: ").unwrap_or(first).to_string(),
+            hint: Some("see pivault --help".into()),
+            exit_code: u8::try_from(code).unwrap_or(exit::USAGE),
+        };
+        if let Ok(line) = pivault::report::to_json(&doc) {
+            println!("{line}");
+        }
+    }
+    let _ = e.print();
+    ExitCode::from(u8::try_from(code).unwrap_or(exit::USAGE))
+}
+
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return bad_arguments(&e),
+    };
     // Generated documents need no logging, token or configuration.
     let generated = match &cli.command {
         Command::Completions { shell } => Some(docs::completions(*shell)),

@@ -111,10 +111,12 @@ pub fn assert_lines(text: &[u8]) -> usize {
     validate_stream(text).unwrap_or_else(|e| panic!("JSON schema: {e}"))
 }
 
-/// Whether a command is `pivault` asked for JSON.
+/// Whether a command is `pivault` asked for JSON (help and version stay text).
 pub fn is_pivault_json(c: &std::process::Command) -> bool {
+    let text_only = ["--help", "-h", "--version", "-V"];
     Path::new(c.get_program()) == Path::new(env!("CARGO_BIN_EXE_pivault"))
         && c.get_args().any(|a| a == "--json")
+        && !c.get_args().any(|a| text_only.iter().any(|t| a == *t))
 }
 
 /// Check what a `pivault --json` run printed on stdout (called by `run::run`).
