@@ -1,5 +1,7 @@
 //! What a run did, as data: serialised to JSON (versioned schema) or rendered as text.
 
+pub mod doctor;
+
 use crate::piv::{Algorithm, FirmwareVersion, Role, Slot};
 use serde::Serialize;
 use std::time::SystemTime;
