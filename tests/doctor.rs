@@ -27,7 +27,7 @@ fn doctor(env: &[(String, String)], args: &[&str]) -> (Output, Value) {
     let doc: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("doctor printed no JSON ({e}):\n{}", text(&o)));
     assert_eq!(doc["schema"], 1, "{doc}");
-    assert_eq!(doc["command"], "doctor", "{doc}");
+    assert_eq!(doc["kind"], "doctor", "{doc}");
     assert_eq!(
         Some(i64::from(o.status.code().unwrap_or(-1))),
         doc["exit_code"].as_i64(),
@@ -84,6 +84,14 @@ fn pcscd_unreachable_is_found_without_touching_the_shared_pcscd() {
         "{line}"
     );
     assert_eq!(status(&doc, "tokens"), "skipped", "{doc:#}");
+    // The schema holds a failure to its fix and exit-code class: without them it is refused.
+    common::schema::validate_as("doctor", &doc).expect("valid");
+    let mut bad = doc.clone();
+    bad["checks"][0]
+        .as_object_mut()
+        .expect("check")
+        .remove("exit_code");
+    assert!(common::schema::validate_as("doctor", &bad).is_err());
     // The text form: one line per check, the fix on the failing line.
     let mut c = pivault(&env);
     c.args(["doctor", "--skip-vault"]);

@@ -21,7 +21,7 @@ pub fn run(cli: &Cli, a: &DoctorArgs) -> Result<ExitCode, Error> {
     let vault = (!a.skip_vault).then(|| vault_inputs(cli, a));
     let report = doctor::run((!a.skip_local).then_some(&local), vault);
     if cli.json {
-        let doc = serde_json::to_string(&report)
+        let doc = pivault::report::to_json(&report)
             .map_err(|e| Error::Config(format!("cannot write the report: {e}")))?;
         println!("{doc}");
     } else {

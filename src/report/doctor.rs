@@ -1,5 +1,7 @@
-//! `pivault doctor --json`: one document, one entry per check (schemas/doctor.schema.json).
+//! `pivault doctor --json`: one document (kind `doctor`), one entry per check
+//! (schemas/doctor.schema.json).
 
+use super::Document;
 use crate::piv::{FirmwareVersion, Role};
 use serde::Serialize;
 
@@ -181,11 +183,15 @@ impl Check {
     }
 }
 
+impl Document for DoctorReport {
+    fn kind(&self) -> &'static str {
+        "doctor"
+    }
+}
+
 /// The whole run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DoctorReport {
-    pub schema: u32,
-    pub command: &'static str,
     /// No check failed (warnings allowed).
     pub ok: bool,
     /// The exit code: 0, or the class of the first failed check.
@@ -201,8 +207,6 @@ impl DoctorReport {
             .map(|c| c.unwrap_or(crate::error::exit::FAILED))
             .unwrap_or(crate::error::exit::OK);
         DoctorReport {
-            schema: super::SCHEMA_VERSION,
-            command: "doctor",
             ok: exit_code == crate::error::exit::OK,
             exit_code,
             checks,
