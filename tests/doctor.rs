@@ -600,3 +600,90 @@ fn a_vault_clock_an_hour_off_is_found() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(status(&doc, "clock-skew"), "ok");
 }
+
+/// GnuPG's scdaemon (`disable-ccid`: through pcscd; without `pcsc-shared` it connects
+/// exclusively), started for one reader in a GnuPG home of its own and asked for the
+/// card's serial number, then left running as it is on a desktop.
+struct Scdaemon {
+    home: tempfile::TempDir,
+}
+
+impl Scdaemon {
+    fn hold(reader: &str) -> (Scdaemon, String) {
+        let home = tempfile::Builder::new()
+            .prefix("pivault-gnupg-")
+            .tempdir()
+            .expect("GnuPG home");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        std::fs::write(
+            home.path().join("scdaemon.conf"),
+            format!(
+                "disable-ccid\nreader-port {reader}\nverbose\nlog-file {}/scd.log\n",
+                home.path().display()
+            ),
+        )
+        .expect("scdaemon.conf");
+        let o = std::process::Command::new("gpg-connect-agent")
+            .arg("--homedir")
+            .arg(home.path())
+            .args(["SCD SERIALNO undefined", "/bye"])
+            .output()
+            .expect("gpg-connect-agent (package gnupg; scdaemon from package scdaemon)");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let log = std::fs::read_to_string(home.path().join("scd.log")).unwrap_or_default();
+        (Scdaemon { home }, format!("{said}\n{log}"))
+    }
+}
+
+impl Drop for Scdaemon {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--kill", "all"])
+            .output();
+    }
+}
+
+#[test]
+fn gnupg_scdaemon_holding_the_reader_is_named() {
+    let card = Card::start();
+    let (gpg, said) = Scdaemon::hold(&card.reader);
+    let (o, doc) = doctor(
+        &[],
+        &[
+            "--skip-vault",
+            "--reader",
+            &card.reader,
+            "--card-timeout",
+            "3",
+        ],
+    );
+    let r = checks(&doc, "reader")[0];
+    assert_eq!(r["status"], "fail", "{said}\n{doc:#}");
+    assert_eq!(r["holders"][0]["known_as"], "GnuPG scdaemon", "{doc:#}");
+    assert!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("GnuPG scdaemon")),
+        "{doc:#}"
+    );
+    assert!(
+        r["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("gpgconf --kill scdaemon")),
+        "{doc:#}"
+    );
+    assert_eq!(o.status.code(), Some(3));
+    // Once scdaemon is gone, the token is there.
+    drop(gpg);
+    let (o, doc) = doctor(&[], &["--skip-vault", "--reader", &card.reader]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(status(&doc, "reader"), "ok");
+}
