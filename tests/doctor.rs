@@ -687,3 +687,35 @@ fn gnupg_scdaemon_holding_the_reader_is_named() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(status(&doc, "reader"), "ok");
 }
+
+#[test]
+fn a_sealed_vault_is_unavailable() {
+    let v = Vault::start();
+    v.seal();
+    let (o, doc) = doctor(&vault_env(&v), VAULT_ONLY);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let r = checks(&doc, "vault-reachable")[0];
+    assert_eq!(r["status"], "fail", "{doc:#}");
+    assert!(r["message"].as_str().is_some_and(|m| m.contains("sealed")));
+    v.unseal();
+    let (o, _) = doctor(&vault_env(&v), VAULT_ONLY);
+    assert_eq!(o.status.code(), Some(0), "unsealed: {}", text(&o));
+}
+
+#[test]
+fn a_role_missing_from_the_pki_mount_is_named() {
+    let v = Vault::start();
+    let o = v.bao(&["delete", &format!("{}/roles/yubikey-piv-auth", v.pki_mount)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (o, doc) = doctor(&vault_env(&v), VAULT_ONLY);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let bad: Vec<_> = checks(&doc, "role")
+        .into_iter()
+        .filter(|r| r["status"] == "fail")
+        .collect();
+    assert_eq!(bad.len(), 1, "{doc:#}");
+    assert_eq!(bad[0]["role"], "yubikey-piv-auth");
+    assert!(bad[0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("no such role")));
+}
