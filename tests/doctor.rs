@@ -311,6 +311,18 @@ fn vault_down_is_unavailable() {
 }
 
 #[test]
+fn no_vault_address_is_a_configuration_failure() {
+    let (o, doc) = doctor(&[], VAULT_ONLY);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let r = checks(&doc, "vault-reachable")[0];
+    assert_eq!(r["status"], "fail", "{doc:#}");
+    assert!(
+        r["fix"].as_str().is_some_and(|f| f.contains("VAULT_ADDR")),
+        "{doc:#}"
+    );
+}
+
+#[test]
 fn a_healthy_vault_passes_every_check_and_nothing_is_written_or_issued() {
     let v = shared();
     let before = v.issued_cert_count();

@@ -241,3 +241,32 @@ impl DoctorReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::exit;
+
+    #[test]
+    fn the_first_failure_sets_the_exit_code_and_warnings_do_not() {
+        let warn = Check::warn(CheckId::Firmware, "old", "replace it");
+        let r = DoctorReport::new(vec![Check::ok(CheckId::Pcscd, "fine"), warn.clone()]);
+        assert!(r.ok);
+        assert_eq!(r.exit_code, exit::OK);
+        let r = DoctorReport::new(vec![
+            warn,
+            Check::fail(CheckId::Tokens, exit::NEEDS_PERSON, "none", "insert one"),
+            Check::fail(CheckId::Login, exit::USAGE, "bad", "fix it"),
+        ]);
+        assert!(!r.ok);
+        assert_eq!(r.exit_code, exit::NEEDS_PERSON);
+        let text = r.render_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "one line per check and a summary: {text}");
+        assert_eq!(lines[1], "FAIL tokens: none; fix: insert one");
+        assert!(
+            lines[3].contains("2 check(s) failed (exit code 3)"),
+            "{text}"
+        );
+    }
+}
