@@ -391,6 +391,29 @@ fn untrusted_tls_names_the_ca_in_use() {
     assert_eq!(tls["status"], "fail", "{doc:#}");
     assert_eq!(tls["ca_file"], "system");
     assert_eq!(status(&doc, "login"), "skipped");
+
+    // A CA file that did not issue Vault's certificate (the PKI's root): named as the one
+    // in use.
+    let wrong = v.root_pem.display().to_string();
+    let env: Vec<_> = vault_env(&v)
+        .into_iter()
+        .map(|(k, val)| {
+            if k == "VAULT_CACERT" {
+                (k, wrong.clone())
+            } else {
+                (k, val)
+            }
+        })
+        .collect();
+    let (o, doc) = doctor(&env, VAULT_ONLY);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let tls = checks(&doc, "vault-tls")[0];
+    assert_eq!(tls["status"], "fail", "{doc:#}");
+    assert_eq!(tls["ca_file"], wrong);
+    assert!(
+        tls["message"].as_str().is_some_and(|m| m.contains(&wrong)),
+        "{tls}"
+    );
 }
 
 #[test]
