@@ -754,3 +754,42 @@ fn a_role_missing_from_the_pki_mount_is_named() {
         .as_str()
         .is_some_and(|m| m.contains("no such role")));
 }
+
+#[test]
+fn a_held_reader_does_not_hide_or_slow_the_others() {
+    let held = Card::start();
+    let free = Card::start();
+    let mut holder = Holder::connect(&held.reader, pcsc::ShareMode::Shared);
+    let c = holder.card.as_mut().expect("card");
+    let tx = c.transaction().expect("begin a transaction");
+    let t0 = Instant::now();
+    let (o, doc) = doctor(
+        &[],
+        &[
+            "--skip-vault",
+            "--reader",
+            &held.reader,
+            "--reader",
+            &free.reader,
+            "--card-timeout",
+            "3",
+        ],
+    );
+    let took = t0.elapsed();
+    drop(tx);
+    let readers = checks(&doc, "reader");
+    assert_eq!(readers.len(), 2, "{doc:#}");
+    for r in readers {
+        if r["reader"] == held.reader.as_str() {
+            assert_eq!(r["status"], "fail", "{r}");
+        } else {
+            assert_eq!(r["status"], "ok", "{r}");
+            assert_eq!(r["token_serial"], u64::from(free.serial));
+        }
+    }
+    // One token is there, but a reader needs a person: exit 3, tokens ok.
+    assert_eq!(status(&doc, "tokens"), "ok", "{doc:#}");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    // The readers are probed together: one wait, not one per reader.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+}

@@ -52,9 +52,20 @@ pub fn run(o: &LocalOptions) -> Vec<Check> {
         .filter(|n| !all.iter().any(|r| &r.name == *n))
         .collect();
     out.push(readers_line(&all, &chosen, &missing));
+    // Readers with a card that no one holds exclusively are opened, all at once.
+    let to_probe: Vec<String> = chosen
+        .iter()
+        .filter(|r| r.card && !r.exclusive)
+        .map(|r| r.name.clone())
+        .collect();
+    let mut probes = to_probe
+        .iter()
+        .cloned()
+        .zip(probe::probe_cards(&to_probe, o.card_timeout))
+        .collect::<std::collections::BTreeMap<_, _>>();
     let mut tokens: Vec<TokenInfo> = Vec::new();
     for r in &chosen {
-        let (line, token) = reader_line(r, o);
+        let (line, token) = reader_line(r, probes.remove(&r.name), o);
         out.push(line);
         tokens.extend(token);
     }
@@ -134,8 +145,12 @@ fn readers_line(all: &[ReaderState], chosen: &[&ReaderState], missing: &[&String
     )
 }
 
-/// One reader: its token, or who holds it.
-fn reader_line(r: &ReaderState, o: &LocalOptions) -> (Check, Option<TokenInfo>) {
+/// One reader: its token, or who holds it (`probe`: what opening its card gave).
+fn reader_line(
+    r: &ReaderState,
+    probe: Option<CardProbe>,
+    o: &LocalOptions,
+) -> (Check, Option<TokenInfo>) {
     if !r.card {
         return (
             Check::ok(CheckId::Reader, format!("'{}': empty", r.name)).reader(&r.name),
@@ -168,10 +183,10 @@ fn reader_line(r: &ReaderState, o: &LocalOptions) -> (Check, Option<TokenInfo>) 
         c.holders = hs;
         c
     };
-    if r.exclusive {
+    let Some(probe) = probe.filter(|_| !r.exclusive) else {
         return (held("exclusively"), None);
-    }
-    match probe::probe_card(&r.name, o.card_timeout) {
+    };
+    match probe {
         CardProbe::Token(t) => {
             let mut c = Check::ok(
                 CheckId::Reader,

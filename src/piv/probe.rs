@@ -85,17 +85,39 @@ pub fn readers() -> Result<Vec<ReaderState>, TokenError> {
 /// Selecting the PIV application ends another program's PIN session on that card: probe
 /// only the readers asked for.
 pub fn probe_card(reader: &str, timeout: Duration) -> CardProbe {
-    let (tx, rx) = mpsc::channel();
-    let name = reader.to_string();
-    let spawned = std::thread::Builder::new()
-        .name("pivault-probe".into())
-        .spawn(move || {
-            let _ = tx.send(open_one(&name));
-        });
-    if let Err(e) = spawned {
-        return CardProbe::Other(format!("cannot start the probe: {e}"));
-    }
-    rx.recv_timeout(timeout).unwrap_or(CardProbe::Busy)
+    probe_cards(&[reader.to_string()], timeout)
+        .pop()
+        .unwrap_or(CardProbe::Busy)
+}
+
+/// [`probe_card`] for several readers at once (one thread each), all within `timeout`:
+/// a station with eight readers, one of them held, answers in `timeout`, not eight times
+/// it. One result per reader, in order.
+pub fn probe_cards(readers: &[String], timeout: Duration) -> Vec<CardProbe> {
+    let deadline = std::time::Instant::now() + timeout;
+    let pending: Vec<Result<mpsc::Receiver<CardProbe>, String>> = readers
+        .iter()
+        .map(|reader| {
+            let (tx, rx) = mpsc::channel();
+            let name = reader.clone();
+            std::thread::Builder::new()
+                .name("pivault-probe".into())
+                .spawn(move || {
+                    let _ = tx.send(open_one(&name));
+                })
+                .map(|_| rx)
+                .map_err(|e| format!("cannot start the probe: {e}"))
+        })
+        .collect();
+    pending
+        .into_iter()
+        .map(|p| match p {
+            Ok(rx) => rx
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .unwrap_or(CardProbe::Busy),
+            Err(e) => CardProbe::Other(e),
+        })
+        .collect()
 }
 
 fn open_one(reader: &str) -> CardProbe {
