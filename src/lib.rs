@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod crypto;
 pub mod csr;
+pub mod doctor;
 pub mod enroll;
 pub mod error;
 pub mod escrow;

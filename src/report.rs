@@ -3,6 +3,7 @@
 use serde::Serialize;
 use std::time::SystemTime;
 
+pub mod doctor;
 pub mod enroll;
 pub mod error;
 pub mod list;

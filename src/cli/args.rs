@@ -56,6 +56,9 @@ pub enum Command {
     Unblock(Box<UnblockArgs>),
     /// Provisioning station: watch readers, enroll inserted tokens per a profile, escrow credentials
     Station(Box<StationArgs>),
+    /// Check this machine and Vault: pcscd, readers, tokens, firmware advisories, TLS, namespace, login, roles, KV, clock
+    #[command(after_help = DOCTOR_EXIT_CODES)]
+    Doctor(Box<DoctorArgs>),
     /// Print a shell completion script (bash, zsh or fish) on stdout
     Completions {
         #[arg(value_enum)]
@@ -274,4 +277,36 @@ pub struct EnrollArgs {
     /// Do not ask for confirmation on a terminal
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+// --- pivault doctor (h-doctor) ---
+
+const DOCTOR_EXIT_CODES: &str = "\
+Exit codes (the class of the first failed check; warnings do not fail):
+  0  every check passed
+  1  Vault refuses what pivault needs (a role missing from the policy or the PKI mount, KV not writable)
+  2  configuration: Vault's TLS CA not trusted, namespace missing, AppRole credentials wrong or missing
+  3  this machine needs a person: pcscd not reachable, no reader or token, a reader held by another program, clock skew
+  4  Vault unavailable (down, sealed)";
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Check only this reader (exact PC/SC name; repeatable); all readers when absent.
+    /// Probing a reader ends another program's PIN session on its card.
+    #[arg(long = "reader", value_name = "NAME")]
+    pub readers: Vec<String>,
+    /// Seconds a reader may take to answer before it counts as held by another program
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub card_timeout: u64,
+    /// Seconds each Vault check may take, retries included
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub vault_timeout: u64,
+    /// Check only this machine (pcscd, readers, tokens), not Vault
+    #[arg(long, conflicts_with = "skip_local")]
+    pub skip_vault: bool,
+    /// Check only Vault, not this machine's readers and tokens
+    #[arg(long)]
+    pub skip_local: bool,
 }

@@ -3,6 +3,7 @@
 
 mod args;
 mod docs;
+mod doctor;
 mod enroll;
 mod renew;
 mod secrets;
@@ -115,6 +116,7 @@ pub fn run() -> ExitCode {
         Command::Renew(a) => renew::run(&cli, a),
         Command::Unblock(a) => renew::unblock(&cli, a),
         Command::Station(a) => station::run(&cli, a),
+        Command::Doctor(a) => doctor::run(&cli, a),
         Command::Completions { .. } | Command::Manpages { .. } => Ok(ExitCode::SUCCESS),
     };
     r.unwrap_or_else(|e| fail(&e, json))

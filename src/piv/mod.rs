@@ -1,11 +1,13 @@
 //! The token: PIV slots, algorithms and policies as typed values, and the [`PivToken`]
 //! trait through which every workflow talks to a card.
 //!
-//! Only `piv/yubikey.rs` and `piv/readers.rs` name the `yubikey` and `pcsc` crates; the
+//! Only `piv/yubikey.rs`, `piv/readers.rs` and `piv/probe.rs` name the `yubikey` and
+//! `pcsc` crates; the
 //! workflows see this
 //! trait, so a unit test can put an in-process fake behind it for failures a real card
 //! cannot produce on demand (the integration tests always use the real PC/SC path).
 
+pub mod probe;
 pub mod readers;
 mod types;
 pub mod yubikey;

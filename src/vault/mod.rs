@@ -13,7 +13,9 @@
 //! | [`VaultClient::sign`], [`VaultClient::check_sign_access`] | `<pki>/sign/<role>` | `<pki>/sign/*` |
 //! | [`VaultClient::ca_chain`] | `<pki>/cert/ca_chain`, else `<pki>/cert/ca` | `<pki>/cert/ca` (PKI serves both without a token) |
 //! | [`VaultClient::kv_read`], [`VaultClient::kv_write`] | `<kv>/data/<key>` | `<kv>/data/*` |
-//! | [`VaultClient::health`] | `sys/health` | none |
+//! | [`VaultClient::health`], [`VaultClient::clock`] | `sys/health` | none |
+//! | [`VaultClient::capabilities_self`] (`pivault doctor`) | `sys/capabilities-self` | none: Vault's built-in `default` policy |
+//! | [`VaultClient::kv_create_allowed`] (`pivault doctor`) | `<kv>/data/<key>`, a check-and-set write that cannot apply | `<kv>/data/*` |
 //!
 //! Properties:
 //! - `X-Vault-Namespace` on every call but `sys/health` (which refuses it with 400);
@@ -42,10 +44,12 @@ pub mod client_cert;
 mod endpoints;
 mod error;
 mod policy;
+mod probe;
 mod transport;
 
 pub use client::VaultClient;
 pub use error::VaultError;
+pub use probe::ServerClock;
 
 use crate::secret::SecretId;
 use serde::{Deserialize, Serialize};

@@ -113,6 +113,19 @@ pub(crate) struct Answer {
     /// An earlier attempt of the same call may have been carried out (its answer was lost);
     /// only for [`Repeat::Always`] requests.
     pub doubt: Option<Doubt>,
+    /// The server's `Date` header (RFC 9110 section 6.6.1, one-second resolution), when it
+    /// sent a readable one: `pivault doctor` compares clocks with it.
+    pub date: Option<SystemTime>,
+    /// When the answer's headers arrived.
+    pub received_at: SystemTime,
+}
+
+/// An HTTP-date (IMF-fixdate, "Wed, 02 Dec 2026 00:32:04 GMT"), read with the RFC 2822
+/// parser it is a profile of.
+pub(crate) fn http_date(v: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc2822)
+        .ok()
+        .map(SystemTime::from)
 }
 
 pub(crate) struct Http {
@@ -377,6 +390,12 @@ impl Http {
                 .send()
                 .map_err(|e| classify(&e, &addr, req.path, timeout))?;
             let status = resp.status().as_u16();
+            let received_at = SystemTime::now();
+            let date = resp
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(http_date);
             log::debug!(
                 "{} {} -> {} in {} ms",
                 req.method,
@@ -416,6 +435,8 @@ impl Http {
                 addr,
                 sent_at,
                 doubt: None,
+                date,
+                received_at,
             });
         }
         Err(VaultError::BadResponse {

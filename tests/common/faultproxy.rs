@@ -68,6 +68,9 @@ pub enum Fault {
     /// Hold until [`FaultProxy::release`], then close without answering. `after_forward`:
     /// Vault acted before the hold.
     Pause { after_forward: bool },
+    /// Forward; Vault's answer with its `Date` header this many seconds off (a server
+    /// whose clock is wrong, for `pivault doctor`'s clock-skew check).
+    ShiftDate(i64),
 }
 
 impl Fault {
@@ -89,6 +92,7 @@ impl Fault {
             Fault::Pause { after_forward } => {
                 format!("pause-{}", if *after_forward { "after" } else { "before" })
             }
+            Fault::ShiftDate(s) => format!("date{s:+}s"),
         }
     }
 
@@ -659,6 +663,10 @@ fn serve(mut client: Client, s: &Shared, up: &Upstream) {
                     body.len(),
                 )
             }
+            Some(Fault::ShiftDate(secs)) => {
+                let date = http_date_shifted(secs);
+                answer.encode(&[("Date", &date)], &answer.body, answer.body.len())
+            }
             Some(Fault::WrongContentType) => answer.encode(
                 &[("Content-Type", "text/html; charset=utf-8")],
                 &answer.body,
@@ -674,6 +682,15 @@ fn serve(mut client: Client, s: &Shared, up: &Upstream) {
             return;
         }
     }
+}
+
+/// Now plus `secs`, as an HTTP-date (IMF-fixdate, RFC 9110 section 5.6.7).
+fn http_date_shifted(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.format(time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    ))
+    .expect("format an HTTP date")
 }
 
 fn choose(st: &State, n: usize, path: &str) -> Option<Fault> {
