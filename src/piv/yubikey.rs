@@ -749,6 +749,26 @@ pub fn spki_of_cert(der: &[u8]) -> Option<SubjectPublicKeyInfoOwned> {
         .map(|c| c.tbs_certificate().subject_public_key_info().clone())
 }
 
+/// The certificate (tag 70, BER length) of a certificate object (SP 800-73-4 Part 1,
+/// Table 10).
+fn certificate_in_object(data: &[u8]) -> Option<Vec<u8>> {
+    let (&tag, rest) = data.split_first()?;
+    if tag != 0x70 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        n @ 0..=0x7f => (usize::from(n), rest),
+        0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0x82 => (
+            usize::from(*rest.first()?) << 8 | usize::from(*rest.get(1)?),
+            rest.get(2..)?,
+        ),
+        _ => return None,
+    };
+    rest.get(..len).map(<[u8]>::to_vec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,24 +790,4 @@ mod tests {
         // CCC: 51 bytes, as Yubico's tools write it.
         assert_eq!(ccc_bytes([0; 14]).len(), 51);
     }
-}
-
-/// The certificate (tag 70, BER length) of a certificate object (SP 800-73-4 Part 1,
-/// Table 10).
-fn certificate_in_object(data: &[u8]) -> Option<Vec<u8>> {
-    let (&tag, rest) = data.split_first()?;
-    if tag != 0x70 {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        n @ 0..=0x7f => (usize::from(n), rest),
-        0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
-        0x82 => (
-            usize::from(*rest.first()?) << 8 | usize::from(*rest.get(1)?),
-            rest.get(2..)?,
-        ),
-        _ => return None,
-    };
-    rest.get(..len).map(<[u8]>::to_vec)
 }
