@@ -126,3 +126,5 @@ impl EnrollReport {
         s
     }
 }
+
+pub mod attest;

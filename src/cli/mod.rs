@@ -2,6 +2,7 @@
 //! exit codes over the library.
 
 mod args;
+mod attest;
 mod docs;
 mod enroll;
 mod renew;
@@ -94,6 +95,7 @@ pub fn run() -> ExitCode {
         Command::Renew(a) => renew::run(&cli, a),
         Command::Unblock(a) => renew::unblock(&cli, a),
         Command::Station(a) => station::run(&cli, a),
+        Command::Attest(a) => attest::run(a, json),
         Command::Completions { .. } | Command::Manpages { .. } => Ok(ExitCode::SUCCESS),
     };
     r.unwrap_or_else(|e| fail(&e, json))
