@@ -54,13 +54,10 @@ fn init_logging(verbose: u8) {
 /// Print an error as one line plus a hint, and return its exit code.
 pub fn fail(e: &Error, json: bool) -> ExitCode {
     if json {
-        let v = serde_json::json!({
-            "schema": pivault::report::SCHEMA_VERSION,
-            "error": e.to_string(),
-            "hint": e.hint(),
-            "exit_code": e.exit_code(),
-        });
-        println!("{v}");
+        let doc = pivault::report::error::ErrorDoc::of(e);
+        if let Ok(line) = pivault::report::to_json(&doc) {
+            println!("{line}");
+        }
     }
     eprintln!("pivault: error: {e}");
     if let Some(h) = e.hint() {
