@@ -4,6 +4,7 @@ use crate::piv::{Algorithm, FirmwareVersion, Role, Slot};
 use serde::Serialize;
 use std::time::SystemTime;
 
+pub mod attest;
 pub mod error;
 
 /// Version of the JSON output schema, shared by every `--json` document. Additive changes
@@ -154,5 +155,3 @@ impl EnrollReport {
         s
     }
 }
-
-pub mod attest;

@@ -25,7 +25,7 @@ pub fn run(a: &AttestArgs, json: bool) -> Result<ExitCode, Error> {
     let findings = attestation::attest_token(&mut token, slots, &bundle, SystemTime::now())?;
     let report = AttestReport::new(token.info(), origin, &findings);
     if json {
-        let doc = serde_json::to_string(&report).map_err(|e| Error::Config(e.to_string()))?;
+        let doc = pivault::report::to_json(&report).map_err(|e| Error::Config(e.to_string()))?;
         println!("{doc}");
     } else {
         print!("{}", report.to_text());

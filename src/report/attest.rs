@@ -8,8 +8,6 @@ use serde::Serialize;
 /// One token's attestation report.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AttestReport {
-    pub schema: u32,
-    pub command: &'static str,
     /// What the token answers to GET SERIAL / its version (not yet proven: compare
     /// with each slot's attested values).
     pub token_serial: u32,
@@ -21,6 +19,12 @@ pub struct AttestReport {
     pub slots: Vec<SlotAttestation>,
     /// Every slot verified (and at least one slot was attested).
     pub ok: bool,
+}
+
+impl super::Document for AttestReport {
+    fn kind(&self) -> &'static str {
+        "attest"
+    }
 }
 
 /// One slot: the proven facts, or the refusal.
@@ -144,8 +148,6 @@ impl AttestReport {
             .map(|(s, f)| SlotAttestation::of(*s, f))
             .collect();
         AttestReport {
-            schema: super::SCHEMA_VERSION,
-            command: "attest",
             token_serial: token.serial,
             firmware: token.version,
             reader: token.reader.clone(),
