@@ -175,15 +175,13 @@ impl AttestReport {
         for slot in &self.slots {
             if let Some(a) = &slot.attested {
                 let serial = a.serial.map_or("not attested".into(), |n| n.to_string());
-                let ff = a
-                    .form_factor
-                    .map_or("not attested".into(), |f| format!("{f:?}"));
+                let ff = a.form_factor.map_or("not attested".into(), name);
                 s.push_str(&format!(
-                    "  slot {}  VERIFIED  {}\n       serial {serial}, firmware {}, form factor {ff}, edition {:?}\n       PIN policy {}, touch policy {}\n       public key sha256 {}{}\n       root '{}' (sha256 {}) via {}\n",
+                    "  slot {}  VERIFIED  {}\n       serial {serial}, firmware {}, form factor {ff}, edition {}\n       PIN policy {}, touch policy {}\n       public key sha256 {}{}\n       root '{}' (sha256 {}) via {}\n",
                     slot.slot,
                     a.algorithm,
                     a.firmware,
-                    a.edition,
+                    name(a.edition),
                     a.pin_policy,
                     a.touch_policy,
                     a.public_key_sha256,
@@ -207,5 +205,13 @@ impl AttestReport {
             }
         }
         s
+    }
+}
+
+/// A value's JSON name ("usb-c-nano", "fips"), for the text output.
+fn name<T: Serialize>(v: T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
     }
 }
