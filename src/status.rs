@@ -38,6 +38,11 @@ pub struct SlotStatus {
     /// tell without the PIN (no GET METADATA before 5.3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate_matches_key: Option<bool>,
+    /// Yubico security advisories for this key type on this firmware (YSA-2017-01 ROCA,
+    /// YSA-2024-03 EUCLEAK). Read without attestation, so a standard edition is assumed:
+    /// `pivault attest` also knows FIPS and Bio models, whose EUCLEAK fix came later.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub advisories: Vec<crate::report::attest::AdvisoryReport>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -87,6 +92,7 @@ pub fn read(token: &mut dyn PivToken) -> Result<TokenStatus, Error> {
             not_after: None,
             sha256_fingerprint: None,
             certificate_matches_key: None,
+            advisories: Vec::new(),
         };
         if let Some(der) = &cert {
             if let Ok(a) = verify::describe(der) {
@@ -107,6 +113,7 @@ pub fn read(token: &mut dyn PivToken) -> Result<TokenStatus, Error> {
                 st.certificate_matches_key = Some(k == ck);
             }
         }
+        st.advisories = advisories_of(info.version, &st);
         slots.push(st);
     }
     Ok(TokenStatus {
@@ -121,6 +128,24 @@ pub fn read(token: &mut dyn PivToken) -> Result<TokenStatus, Error> {
         mgmt_key_is_default: mgm.default,
         slots,
     })
+}
+
+/// The advisories for a slot's key; ROCA only for keys that may have been generated on
+/// the token (an imported RSA key was made elsewhere).
+fn advisories_of(
+    firmware: FirmwareVersion,
+    st: &SlotStatus,
+) -> Vec<crate::report::attest::AdvisoryReport> {
+    let Some(alg) = st.key_algorithm else {
+        return Vec::new();
+    };
+    crate::attestation::advisories(firmware, crate::attestation::KeyAlgorithm::from(alg))
+        .into_iter()
+        .filter(|a| {
+            *a != crate::attestation::Advisory::Roca || st.key_generated_on_token != Some(false)
+        })
+        .map(Into::into)
+        .collect()
 }
 
 impl TokenStatus {
@@ -154,6 +179,12 @@ impl TokenStatus {
             ));
             if let (Some(p), Some(t)) = (st.pin_policy, st.touch_policy) {
                 s.push_str(&format!("      policy    PIN {p}, touch {t}\n"));
+            }
+            for a in &st.advisories {
+                s.push_str(&format!(
+                    "      ADVISORY  {}: {} ({})\n",
+                    a.id, a.summary, a.url
+                ));
             }
             match &st.subject {
                 Some(subj) => {

@@ -436,3 +436,35 @@ fn unusable_roots_file_is_a_usage_error() {
         text(&o)
     );
 }
+
+/// `pivault status` names the advisory that applies to a key on the token's firmware:
+/// ECDSA before 5.7.0 is YSA-2024-03 (EUCLEAK); the same key type on 5.7.4 has none.
+#[test]
+fn status_shows_the_firmware_advisory() {
+    for (version, want) in [("5.4.3", Some("YSA-2024-03")), ("5.7.4", None)] {
+        let card = Card::start_with(CardOptions {
+            version: Some(version.into()),
+            ..CardOptions::default()
+        });
+        p256_in_9a(&card);
+        let mut c = pivault(&[]);
+        c.args(["status", "--json", "--reader", &card.reader]);
+        let o = run(c);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let doc = json_of(&o);
+        let s = slot_of(&doc, "9a");
+        let ids: Vec<&str> = s["advisories"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["id"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(ids, want.into_iter().collect::<Vec<_>>(), "{version}: {s}");
+        let mut c = pivault(&[]);
+        c.args(["status", "--reader", &card.reader]);
+        let out = String::from_utf8_lossy(&ok(c).stdout).into_owned();
+        assert_eq!(
+            out.contains("ADVISORY  YSA-2024-03"),
+            want.is_some(),
+            "{version}: {out}"
+        );
+    }
+}
