@@ -468,3 +468,85 @@ fn status_shows_the_firmware_advisory() {
         );
     }
 }
+
+/// An imported key (here with ykman) is never attested by a YubiKey: pivault
+/// says so, for that slot, and still verifies the generated key next to it.
+#[test]
+fn imported_key_is_reported_as_not_attested() {
+    let card = start(&[]);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let chain = exported_chain(&card, dir.path());
+    p256_in_9a(&card);
+    let key = dir.path().join("key.pem");
+    let mut c = tool("openssl");
+    c.args([
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+    ])
+    .arg(&key);
+    ok(c);
+    let mut c = tool("ykman");
+    c.args(["--reader", &card.reader, "piv", "keys", "import", "-m"])
+        .arg("010203040506070801020304050607080102030405060708")
+        .arg("9c")
+        .arg(&key);
+    ok(c);
+    let o = run(attest_cmd(&card, Some(&chain), &["--json"]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let doc = json_of(&o);
+    assert_eq!(slot_of(&doc, "9a")["verified"], true, "{doc}");
+    let s = slot_of(&doc, "9c");
+    assert_eq!(s["refused"]["check"], "attested", "{s}");
+    assert!(
+        s["refused"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("imported")),
+        "{s}"
+    );
+}
+
+/// Firmware before 5.3 cannot show a slot's public key: the attestation still verifies,
+/// and the report says the key was not compared with the slot's.
+#[test]
+fn firmware_without_metadata_verifies_without_the_key_comparison() {
+    let version = "5.2.7";
+    let card = Card::start_with(CardOptions {
+        version: Some(version.into()),
+        ..CardOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let state = dir.path().join("state");
+    fs::copy(&card.state, &state).expect("copy the card's state");
+    let chain = dir.path().join("chain.pem");
+    let out = run({
+        let mut c = Command::new(vcard_bin());
+        c.arg("--state")
+            .arg(&state)
+            .args(["--serial", &card.serial.to_string(), "--version", version])
+            .arg("--export-attestation-chain")
+            .arg(&chain)
+            .args(["--port", "1", "--connect-timeout", "0"]);
+        c
+    });
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let spki = p256_in_9a(&card);
+    let o = run(attest_cmd(&card, Some(&chain), &["--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let doc = json_of(&o);
+    let a = &slot_of(&doc, "9a")["attested"];
+    assert_eq!(a["key_compared_with_slot"], false, "{a}");
+    assert_eq!(a["public_key_sha256"], sha256_hex(&spki), "{a}");
+    assert_eq!(a["firmware"], version, "{a}");
+    // ECDSA before 5.7.0.
+    assert_eq!(a["advisories"][0]["id"], "YSA-2024-03", "{a}");
+    assert!(
+        a["chain"][1]
+            .as_str()
+            .is_some_and(|c| c.contains("TEST PIV Root CA")),
+        "before 5.7.4 the F9 is issued by the PIV Root CA: {a}"
+    );
+}
