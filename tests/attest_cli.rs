@@ -213,7 +213,9 @@ fn every_algorithm_is_attested_on_5_7_4() {
         .collect();
 
     // Every slot with a key, JSON.
+    let t = std::time::Instant::now();
     let o = run(attest_cmd(&card, Some(&chain), &["--json"]));
+    eprintln!("pivault attest, 8 keys, 24 slots probed: {:?}", t.elapsed());
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let doc = json_of(&o);
     assert_eq!(doc["kind"], "attest");
