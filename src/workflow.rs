@@ -7,7 +7,7 @@ use crate::enroll::{self, Context, Issued, KeyChoice, Observer, SlotPlan, Step};
 use crate::error::Error;
 use crate::hooks::checkpoint;
 use crate::piv::{PivToken, Role, Slot};
-use crate::report::{EnrollReport, SlotReport, SlotResult, SCHEMA_VERSION};
+use crate::report::{EnrollReport, SlotReport, SlotResult};
 use crate::secret::Pin;
 use crate::verify::Accepted;
 use spki::SubjectPublicKeyInfoOwned;
@@ -180,7 +180,6 @@ pub fn run_token(
 ) -> Outcome {
     let info = token.info().clone();
     let mut report = EnrollReport {
-        schema: SCHEMA_VERSION,
         command,
         token_serial: info.serial,
         firmware: info.version,

@@ -335,7 +335,10 @@ impl Cell {
 }
 
 /// Spawn with piped output, collected by threads.
+/// What `--json` runs print is checked against its JSON Schema (common::schema): the
+/// reader thread panics on a rejected document, and joining it re-raises the panic.
 fn spawn(mut c: Command) -> (Child, std::thread::JoinHandle<String>) {
+    let json = common::schema::is_pivault_json(&c);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn pivault");
     let mut out = child.stdout.take().expect("stdout");
@@ -349,6 +352,11 @@ fn spawn(mut c: Command) -> (Child, std::thread::JoinHandle<String>) {
         });
         let _ = out.read_to_string(&mut a);
         let b = t2.join().unwrap_or_default();
+        if json {
+            if let Err(e) = common::schema::validate_stream(a.as_bytes()) {
+                panic!("JSON schema: {e}\n--- stderr\n{b}");
+            }
+        }
         format!("--- stdout\n{a}\n--- stderr\n{b}")
     });
     (child, t)
@@ -407,7 +415,7 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
                 first_exit = wait_limited(&mut child);
                 reached = h.proxy.log().iter().any(|l| l.n == *k);
             }
-            first_text = out.join().unwrap_or_default();
+            first_text = out.join().expect("pivault output (JSON schema)");
         }
         Point::Apdu(n) => {
             let Some(rig) = apdu_rig() else {
@@ -451,7 +459,7 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
             if let Ok(pid) = std::fs::read_to_string(rig.dir.join(format!("pid-{port}"))) {
                 _resumer = Some(Resumer::start(pid.trim().to_string()));
             }
-            first_text = out.join().unwrap_or_default();
+            first_text = out.join().expect("pivault output (JSON schema)");
         }
     }
     let first_log = h.proxy.log_text();
@@ -461,7 +469,7 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
     // The same command again, to its end.
     let (mut child, out) = spawn(command(h, cmd, &ctx));
     let second_exit = wait_limited(&mut child);
-    let second_text = out.join().unwrap_or_default();
+    let second_text = out.join().expect("pivault output (JSON schema)");
     let completed = usize::from(first_exit == Some(0)) + usize::from(second_exit == Some(0));
     if second_exit != Some(0) {
         broken.push(format!(
@@ -909,7 +917,7 @@ fn clean_run_counted(h: &Harness, cmd: Cmd) -> (usize, Vec<String>, u64) {
     h.proxy.reset();
     let (mut child, out) = spawn(command(h, cmd, &ctx));
     let code = wait_limited(&mut child);
-    let o = out.join().unwrap_or_default();
+    let o = out.join().expect("pivault output (JSON schema)");
     assert_eq!(code, Some(0), "a clean {} run failed:\n{o}", cmd.name());
     let paths = h
         .proxy

@@ -94,10 +94,11 @@ fn station(
     run::run(c)
 }
 
+/// The report file's lines, each validated against schemas/station-line.schema.json.
 fn report_lines(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    common::schema::assert_lines(text.as_bytes());
+    text.lines()
         .map(|l| serde_json::from_str(l).expect("report line is JSON"))
         .collect()
 }
@@ -151,12 +152,18 @@ fn two_tokens_enrolled_concurrently_with_escrowed_credentials() {
         &vault,
         &s,
         &[&a, &b],
-        &["--max-tokens", "2", "--idle-exit", "60"],
+        &["--json", "--max-tokens", "2", "--idle-exit", "60"],
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));
     let lines = report_lines(&s.report);
     assert_eq!(lines.len(), 2, "{lines:?}");
+    // With --json the same lines go to stdout (each validated by the run helper).
+    let printed: Vec<Value> = serde_json::Deserializer::from_slice(&o.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("stdout is JSON lines");
+    assert_eq!(printed, lines, "{}", text(&o));
     for card in [&a, &b] {
         let l = lines
             .iter()

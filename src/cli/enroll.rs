@@ -284,10 +284,7 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         issuer.stats().logins
     );
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string(&outcome.report).map_err(|e| Error::Config(e.to_string()))?
-        );
+        super::print_json(&outcome.report)?;
     } else {
         print!("{}", outcome.report.to_text());
     }

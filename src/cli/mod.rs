@@ -176,8 +176,9 @@ pub fn selector(t: &TokenArgs) -> Selector {
 fn list(json: bool) -> Result<ExitCode, Error> {
     let tokens = pivault::piv::yubikey::list()?;
     if json {
-        let v = serde_json::json!({"schema": pivault::report::SCHEMA_VERSION, "tokens": tokens});
-        println!("{v}");
+        print_json(&pivault::report::list::TokenList {
+            tokens: tokens.clone(),
+        })?;
     } else if tokens.is_empty() {
         println!("no tokens found");
     } else {
@@ -197,14 +198,18 @@ fn status(t: &TokenArgs, json: bool) -> Result<ExitCode, Error> {
     let mut token = YubiKeyToken::open(&selector(t))?;
     let st = pivault::status::read(&mut token)?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string(&st).map_err(|e| Error::Config(e.to_string()))?
-        );
+        print_json(&st)?;
     } else {
         print!("{}", st.to_text());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Print a `--json` document (src/report.rs) as one line on stdout.
+pub fn print_json<T: pivault::report::Document>(doc: &T) -> Result<(), Error> {
+    let line = pivault::report::to_json(doc).map_err(|e| Error::Config(e.to_string()))?;
+    println!("{line}");
+    Ok(())
 }
 
 /// Whether progress lines should be drawn (a person watching stderr).

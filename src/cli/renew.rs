@@ -1,8 +1,8 @@
 //! `pivault renew` and `pivault unblock`.
 
 use super::args::{Cli, RenewArgs, UnblockArgs};
-use super::connect;
 use super::secrets::{self, Source};
+use super::{connect, print_json};
 use pivault::cardtls::CardClientKey;
 use pivault::config::{AuthMethod, CertLogin};
 use pivault::enroll::{self, Context, MgmKeySource};
@@ -36,14 +36,6 @@ fn state_dir(a: &RenewArgs) -> PathBuf {
         Some(h) => PathBuf::from(h).join(".local/state/pivault"),
         None => PathBuf::from("/var/lib/pivault"),
     }
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
-    println!(
-        "{}",
-        serde_json::to_string(v).map_err(|e| Error::Config(e.to_string()))?
-    );
-    Ok(())
 }
 
 pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
@@ -109,12 +101,11 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
 
     if a.check {
         if cli.json {
-            print_json(&serde_json::json!({
-                "schema": pivault::report::SCHEMA_VERSION,
-                "token_serial": serial,
-                "due": any_due,
-                "slots": assessed,
-            }))?;
+            print_json(&pivault::report::renew::RenewCheck {
+                token_serial: serial,
+                due: any_due,
+                slots: assessed.clone(),
+            })?;
         } else {
             if assessed.is_empty() {
                 println!("token {serial}: no certificate from the configured CA");
@@ -150,10 +141,16 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
         if !cli.json {
             println!("token {serial}: nothing is due");
         } else {
-            print_json(
-                &serde_json::json!({"schema": pivault::report::SCHEMA_VERSION,
-                "command": "renew", "token_serial": serial, "slots": [], "ok": true}),
-            )?;
+            let info = token.info();
+            print_json(&pivault::report::EnrollReport {
+                command: "renew",
+                token_serial: serial,
+                firmware: info.version,
+                reader: info.reader.clone(),
+                slots: Vec::new(),
+                wrote_chuid_ccc: false,
+                ok: true,
+            })?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -295,15 +292,13 @@ pub fn unblock(cli: &Cli, a: &UnblockArgs) -> Result<ExitCode, Error> {
     let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
     let out = pivault::credentials::unblock(&mut token, &esc, &new, 8)?;
     if cli.json {
-        print_json(&serde_json::json!({
-            "schema": pivault::report::SCHEMA_VERSION,
-            "command": "unblock",
-            "token_serial": out.token_serial,
-            "pin_tries_left": out.pin_tries_left,
-            "puk_rotated": out.puk_rotated,
-            "escrow_version": out.escrow_version,
-            "ok": true,
-        }))?;
+        print_json(&pivault::report::unblock::UnblockReport {
+            token_serial: out.token_serial,
+            pin_tries_left: out.pin_tries_left,
+            puk_rotated: out.puk_rotated,
+            escrow_version: out.escrow_version,
+            ok: true,
+        })?;
     } else {
         println!(
             "token {}: PIN set, PUK rotated and escrowed (record version {})",

@@ -89,7 +89,7 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
             log::info!("{msg}");
         }
         if json {
-            if let Ok(t) = serde_json::to_string(line) {
+            if let Ok(t) = pivault::report::to_json(line) {
                 println!("{t}");
             }
         } else if live {

@@ -83,9 +83,6 @@ pub fn validate_as(name: &str, doc: &Value) -> Result<(), String> {
     })
 }
 
-/// Transitional: see [`validate`].
-const ALLOW_NO_KIND: bool = true;
-
 /// Validate a document against the schema its `kind` names.
 pub fn validate(doc: &Value) -> Result<(), String> {
     match doc.get("kind") {
@@ -93,9 +90,6 @@ pub fn validate(doc: &Value) -> Result<(), String> {
         Some(other) => Err(format!(
             "\"kind\" is not a string: {other}\ndocument: {doc}"
         )),
-        // Until every output carries its kind (h-json's next commits), a document without
-        // one is not checked. Remove this arm then: a document without kind fails.
-        None if ALLOW_NO_KIND => Ok(()),
         None => Err(format!("no \"kind\" field: {doc}")),
     }
 }
