@@ -478,6 +478,15 @@ fn imported_key_is_reported_as_not_attested() {
     let card = start(&[]);
     let dir = tempfile::tempdir().expect("temporary directory");
     let chain = exported_chain(&card, dir.path());
+    // A token without keys proves nothing: exit 1, and an empty, not-ok report.
+    let o = run(attest_cmd(&card, Some(&chain), &["--json"]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(json_of(&o)["ok"], false, "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no slot holds a key"),
+        "{}",
+        text(&o)
+    );
     p256_in_9a(&card);
     let key = dir.path().join("key.pem");
     let mut c = tool("openssl");

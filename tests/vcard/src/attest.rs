@@ -598,6 +598,29 @@ fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn forge_tampered_policy_changes_only_the_pin_policy_byte() {
+        let device = DeviceIdentity {
+            serial: 12,
+            version: [5, 7, 4],
+            form_factor: 1,
+            fips: false,
+        };
+        let ca = TestCa::generate();
+        let (f9_key, f9_cert) = ca.issue_f9(&device);
+        let spki = fresh_p256_spki();
+        let cert = attest_slot(&f9_key, &f9_cert, 0x9a, &spki, 2, 1, &device).expect("attests");
+        let forged = tamper_pin_policy(cert.clone());
+        let diff: Vec<usize> = (0..cert.len()).filter(|&i| cert[i] != forged[i]).collect();
+        assert_eq!(diff.len(), 1, "one byte changed");
+        assert_eq!(
+            (cert[diff[0]], forged[diff[0]]),
+            (2, 1),
+            "once becomes never"
+        );
+        assert!(Forge::parse("other-key").is_ok() && Forge::parse("bogus").is_err());
+    }
+
     use super::*;
     use std::process::Command;
 
