@@ -598,6 +598,9 @@ fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::process::Command;
+
     #[test]
     fn forge_tampered_policy_changes_only_the_pin_policy_byte() {
         let device = DeviceIdentity {
@@ -620,9 +623,6 @@ mod tests {
         );
         assert!(Forge::parse("other-key").is_ok() && Forge::parse("bogus").is_err());
     }
-
-    use super::*;
-    use std::process::Command;
 
     fn device(version: [u8; 3]) -> DeviceIdentity {
         DeviceIdentity {
