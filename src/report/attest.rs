@@ -215,3 +215,70 @@ fn name<T: Serialize>(v: T) -> String {
         _ => "?".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attestation::AttestationError;
+
+    #[test]
+    fn text_names_the_facts_and_the_failed_check() {
+        let att = Attestation {
+            slot: Slot::from_byte(0x9a),
+            serial: Some(7),
+            firmware: FirmwareVersion::new(5, 4, 3),
+            form_factor: Some(FormFactor::UsbCNano),
+            pin_policy: PinPolicy::Once,
+            touch_policy: TouchPolicy::Never,
+            algorithm: KeyAlgorithm::P256,
+            public_key: vec![0x30, 0x00],
+            edition: Edition::Fips,
+            root: "Yubico PIV Root CA Serial 263751".into(),
+            root_sha256: "0".repeat(64),
+            chain: vec!["Yubico PIV Attestation".into()],
+        };
+        let info = TokenInfo {
+            serial: 7,
+            version: FirmwareVersion::new(5, 4, 3),
+            reader: "r".into(),
+        };
+        let (a, c) = (Slot::AUTHENTICATION, Slot::SIGNATURE);
+        let r = AttestReport::new(
+            &info,
+            "built in".into(),
+            &[
+                (
+                    a,
+                    SlotFinding::Verified {
+                        attestation: Box::new(att),
+                        key_compared: false,
+                    },
+                ),
+                (
+                    c,
+                    SlotFinding::Refused(AttestationError::SerialMismatch {
+                        attested: 8,
+                        token: 7,
+                    }),
+                ),
+            ],
+        );
+        assert!(!r.ok);
+        assert_eq!(
+            r.first_refusal().map(|(s, f)| (s, f.check)),
+            Some((c, "serial"))
+        );
+        let t = r.to_text();
+        for want in [
+            "slot 9a  VERIFIED  p256",
+            "serial 7, firmware 5.4.3, form factor usb-c-nano, edition fips",
+            "PIN policy once, touch policy never",
+            "(firmware cannot show the slot's key to compare)",
+            "root 'Yubico PIV Root CA Serial 263751'",
+            "advisory YSA-2024-03",
+            "slot 9c  REFUSED (serial check): the attestation is for token serial 8, not 7",
+        ] {
+            assert!(t.contains(want), "{want:?} in\n{t}");
+        }
+    }
+}
