@@ -118,5 +118,30 @@ fn hardware_enroll_four_slots_and_status() {
                 assert_eq!(s["certificate_matches_key"], true, "{st}");
             }
         }
+        // The keys just generated are attested by the token and chain to one of Yubico's
+        // roots in the shipped bundle (no --attestation-roots).
+        let mut c = pivault(&[]);
+        c.args(["attest", "--json", "--serial", &serial.to_string()]);
+        let o = run::run(c);
+        let att: Value = serde_json::from_slice(&o.stdout).expect("json");
+        assert_eq!(att["ok"], true, "{}", text(&o));
+        assert_eq!(att["trust_bundle"], "built in");
+        for slot in ["9a", "9c", "9d", "9e"] {
+            let s = att["slots"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["slot"] == slot))
+                .unwrap_or_else(|| panic!("slot {slot}: {att}"));
+            assert_eq!(s["attested"]["serial"], serial, "{s}");
+            let root = s["attested"]["root"].as_str().unwrap_or("");
+            assert!(
+                [
+                    "Yubico PIV Root CA Serial 263751",
+                    "Yubico Attestation Root 1",
+                    "Yubico U2F Root CA Serial 457200631"
+                ]
+                .contains(&root),
+                "{s}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! pivault's error type: every failure carries the facts a person needs, and knows which
 //! exit code class it belongs to and what fix to suggest.
 
+use crate::attestation::AttestationError;
 use crate::csr::CsrError;
 use crate::piv::{Slot, TokenError};
 use crate::vault::VaultError;
@@ -55,6 +56,18 @@ pub enum Error {
     /// certificate. Only a person (the helpdesk, with an enrollment station) can fix it.
     #[error("slot {slot}: cannot log in to Vault with the token's certificate: {reason}")]
     CertLogin { slot: Slot, reason: String },
+    /// An attestation was refused: the check that failed and why (`pivault attest`,
+    /// enrollment with attestation). `slot` is `None` when no slot could be attested.
+    #[error(
+        "{}attestation refused ({} check): {source}",
+        slot.map(|s| format!("slot {s}: ")).unwrap_or_default(),
+        source.check()
+    )]
+    Attestation {
+        slot: Option<Slot>,
+        #[source]
+        source: AttestationError,
+    },
     /// Some slots of a token failed (each is in the report).
     #[error("{0}")]
     Incomplete(String),
@@ -143,6 +156,7 @@ impl Error {
                  renewal needs a certificate that is still valid)"
                     .into(),
             ),
+            Error::Attestation { source, .. } => Some(source.hint().into()),
             Error::SlotOccupied { slot, .. } => Some(format!(
                 "check `pivault status`; to replace slot {slot}, run again with --force"
             )),

@@ -4,6 +4,7 @@ use serde::Serialize;
 use std::time::SystemTime;
 
 pub mod doctor;
+pub mod attest;
 pub mod enroll;
 pub mod error;
 pub mod list;

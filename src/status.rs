@@ -2,7 +2,7 @@
 
 use crate::crypto;
 use crate::error::Error;
-use crate::piv::{PivToken, Slot, TokenError};
+use crate::piv::{FirmwareVersion, PivToken, Slot, TokenError};
 use crate::report::rfc3339;
 pub use crate::report::status::{SlotStatus, TokenStatus};
 use crate::verify;
@@ -38,6 +38,7 @@ pub fn read(token: &mut dyn PivToken) -> Result<TokenStatus, Error> {
             not_after: None,
             sha256_fingerprint: None,
             certificate_matches_key: None,
+            advisories: Vec::new(),
         };
         if let Some(der) = &cert {
             if let Ok(a) = verify::describe(der) {
@@ -58,6 +59,7 @@ pub fn read(token: &mut dyn PivToken) -> Result<TokenStatus, Error> {
                 st.certificate_matches_key = Some(k == ck);
             }
         }
+        st.advisories = advisories_of(info.version, &st);
         slots.push(st);
     }
     Ok(TokenStatus {
@@ -71,4 +73,22 @@ pub fn read(token: &mut dyn PivToken) -> Result<TokenStatus, Error> {
         mgmt_key_is_default: mgm.default,
         slots,
     })
+}
+
+/// The advisories for a slot's key; ROCA only for keys that may have been generated on
+/// the token (an imported RSA key was made elsewhere).
+fn advisories_of(
+    firmware: FirmwareVersion,
+    st: &SlotStatus,
+) -> Vec<crate::report::attest::AdvisoryReport> {
+    let Some(alg) = st.key_algorithm else {
+        return Vec::new();
+    };
+    crate::attestation::advisories(firmware, crate::attestation::KeyAlgorithm::from(alg))
+        .into_iter()
+        .filter(|a| {
+            *a != crate::attestation::Advisory::Roca || st.key_generated_on_token != Some(false)
+        })
+        .map(Into::into)
+        .collect()
 }

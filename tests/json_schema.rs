@@ -213,8 +213,49 @@ fn built_documents() -> Vec<(&'static str, String)> {
             not_after: Some("2027-12-02T00:00:00Z".into()),
             sha256_fingerprint: Some("0".repeat(64)),
             certificate_matches_key: Some(false),
+            advisories: vec![pivault::attestation::Advisory::Eucleak.into()],
         }],
     };
+    let attested = pivault::attestation::Attestation {
+        slot: Some(slot(0x9a)),
+        serial: Some(7),
+        firmware: FirmwareVersion::new(5, 4, 3),
+        form_factor: Some(pivault::attestation::FormFactor::UsbCNano),
+        pin_policy: PinPolicy::Once,
+        touch_policy: TouchPolicy::Never,
+        algorithm: pivault::attestation::KeyAlgorithm::P256,
+        public_key: vec![0x30, 0x00],
+        edition: pivault::attestation::Edition::Standard,
+        root: "Yubico PIV Root CA Serial 263751".into(),
+        root_sha256: "0".repeat(64),
+        chain: vec!["Yubico PIV Attestation".into()],
+    };
+    let attest = report::attest::AttestReport::new(
+        &TokenInfo {
+            serial: 7,
+            version: FirmwareVersion::new(5, 4, 3),
+            reader: "r".into(),
+        },
+        "built in".into(),
+        &[
+            (
+                slot(0x9a),
+                pivault::attestation::SlotFinding::Verified {
+                    attestation: Box::new(attested),
+                    key_compared: true,
+                },
+            ),
+            (
+                slot(0x9c),
+                pivault::attestation::SlotFinding::Refused(
+                    pivault::attestation::AttestationError::SerialMismatch {
+                        attested: 8,
+                        token: 7,
+                    },
+                ),
+            ),
+        ],
+    );
     let check = report::renew::RenewCheck {
         token_serial: 9,
         due: true,
@@ -253,6 +294,7 @@ fn built_documents() -> Vec<(&'static str, String)> {
         ("unblock", j(to_json(&unblock))),
         ("station-line", j(to_json(&line))),
         ("error", j(to_json(&error))),
+        ("attest", j(to_json(&attest))),
     ]
 }
 
@@ -344,4 +386,33 @@ fn refused_arguments_print_an_error_document_with_json() {
     c.args(["--json", "--help"]);
     let o = common::run::run(c);
     assert_eq!(o.status.code(), Some(0));
+}
+
+/// An attest document must be coherent: a verified slot carries what was attested and no
+/// refusal, a refused one the check and no attested facts.
+#[test]
+fn inconsistent_attest_slots_are_rejected() {
+    let (_, text) = built_documents()
+        .into_iter()
+        .find(|(k, _)| *k == "attest")
+        .expect("attest");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    validate(&doc).expect("the built document validates");
+    let mut a = doc.clone();
+    a["slots"][0]["refused"] = doc["slots"][1]["refused"].clone();
+    let mut b = doc.clone();
+    b["slots"][1]["verified"] = json!(true);
+    let mut c = doc.clone();
+    c["slots"][1]["refused"]["check"] = json!("vibes");
+    let mut d = doc;
+    d["slots"][0]["attested"]["advisories"][0] =
+        json!({"id": "YSA-1999-01", "summary": "x", "url": "https://x"});
+    for (what, x) in [
+        ("verified and refused", a),
+        ("verified without attested facts", b),
+        ("unknown check", c),
+        ("unknown advisory", d),
+    ] {
+        assert!(validate(&x).is_err(), "{what} accepted");
+    }
 }

@@ -124,6 +124,41 @@ fn yubikey5_chain_through_the_2016_piv_root() {
     assert_eq!(json["slot"], "9a");
 }
 
+/// The original 2016 "Yubico PIV Root CA Serial 263751" certificate alone (pathlen:0,
+/// the one older verifiers ship) is enough: the 2018 reissue is not what makes it pass.
+#[test]
+fn the_2016_piv_root_certificate_alone_verifies_real_chains() {
+    let shipped = TrustBundle::yubico();
+    let old = shipped
+        .roots
+        .iter()
+        .find(|e| {
+            crate::crypto::sha256_hex(&e.der)
+                == "7e996a28e3055223733c9aec897900eda9b746e3e15d419556ac6a1179879a50"
+        })
+        .expect("the 2016 certificate is shipped")
+        .clone();
+    let only_2016 = TrustBundle {
+        roots: vec![old],
+        intermediates: Vec::new(),
+    };
+    for name in ["piv-go-yk5", "ovh-yk4"] {
+        let (att, f9) = pair(name);
+        let a = verify(&att, &f9, &only_2016, now()).expect(name);
+        assert_eq!(a.root, "Yubico PIV Root CA Serial 263751", "{name}");
+        assert_eq!(
+            a.root_sha256, "7e996a28e3055223733c9aec897900eda9b746e3e15d419556ac6a1179879a50",
+            "{name}"
+        );
+    }
+    // ... and it does not stand in for Attestation Root 1.
+    let (att, f9) = pair("ovh-yk574");
+    assert!(matches!(
+        verify(&att, &f9, &only_2016, now()),
+        Err(AttestationError::UnknownRoot { .. })
+    ));
+}
+
 #[test]
 fn yubikey4_chains_without_basic_constraints_and_through_the_u2f_root() {
     let a = verify_real("ovh-yk4").expect("YubiKey 4 through the PIV root");

@@ -89,6 +89,20 @@ impl KeyAlgorithm {
     }
 }
 
+impl From<crate::piv::Algorithm> for KeyAlgorithm {
+    fn from(a: crate::piv::Algorithm) -> Self {
+        use crate::piv::Algorithm as A;
+        match a {
+            A::P256 => KeyAlgorithm::P256,
+            A::P384 => KeyAlgorithm::P384,
+            A::Rsa2048 => KeyAlgorithm::Rsa2048,
+            A::Rsa3072 => KeyAlgorithm::Rsa3072,
+            A::Rsa4096 => KeyAlgorithm::Rsa4096,
+            A::Ed25519 => KeyAlgorithm::Ed25519,
+        }
+    }
+}
+
 impl fmt::Display for KeyAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -2,6 +2,7 @@
 //! exit codes over the library.
 
 mod args;
+mod attest;
 mod docs;
 mod doctor;
 mod enroll;
@@ -117,6 +118,7 @@ pub fn run() -> ExitCode {
         Command::Unblock(a) => renew::unblock(&cli, a),
         Command::Station(a) => station::run(&cli, a),
         Command::Doctor(a) => doctor::run(&cli, a),
+        Command::Attest(a) => attest::run(a, json),
         Command::Completions { .. } | Command::Manpages { .. } => Ok(ExitCode::SUCCESS),
     };
     r.unwrap_or_else(|e| fail(&e, json))

@@ -34,6 +34,11 @@ pub struct SlotStatus {
     /// tell without the PIN (no GET METADATA before 5.3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate_matches_key: Option<bool>,
+    /// Yubico security advisories for this key type on this firmware (YSA-2017-01 ROCA,
+    /// YSA-2024-03 EUCLEAK). Read without attestation, so a standard edition is assumed:
+    /// `pivault attest` also knows FIPS and Bio models, whose EUCLEAK fix came later.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub advisories: Vec<super::attest::AdvisoryReport>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -88,6 +93,12 @@ impl TokenStatus {
             ));
             if let (Some(p), Some(t)) = (st.pin_policy, st.touch_policy) {
                 s.push_str(&format!("      policy    PIN {p}, touch {t}\n"));
+            }
+            for a in &st.advisories {
+                s.push_str(&format!(
+                    "      ADVISORY  {}: {} ({})\n",
+                    a.id, a.summary, a.url
+                ));
             }
             match &st.subject {
                 Some(subj) => {

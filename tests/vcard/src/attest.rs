@@ -375,6 +375,49 @@ pub fn attest_slot(
     )
 }
 
+/// `--forge-attestation`: forgeries a verifier must refuse (a YubiKey makes none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    /// The attestation certifies a fresh key, not the one in the slot.
+    OtherKey,
+    /// F9 certificate and attestations are issued for serial+1.
+    OtherSerial,
+    /// The PIN policy byte is changed after signing (the signature no longer covers it).
+    TamperedPolicy,
+}
+
+impl Forge {
+    pub fn parse(s: &str) -> Result<Forge, String> {
+        match s {
+            "other-key" => Ok(Forge::OtherKey),
+            "other-serial" => Ok(Forge::OtherSerial),
+            "tampered-policy" => Ok(Forge::TamperedPolicy),
+            _ => Err(format!(
+                "{s:?}: expected other-key, other-serial or tampered-policy"
+            )),
+        }
+    }
+}
+
+/// The SubjectPublicKeyInfo of a new P-256 key nobody keeps (`Forge::OtherKey`).
+pub fn fresh_p256_spki() -> Vec<u8> {
+    Key::P256(new_p256())
+        .spki()
+        .expect("P-256 public key encodes")
+}
+
+/// `cert` with the PIN policy byte of extension 41482.3.8 changed (once <-> never), the
+/// signature left as it was (`Forge::TamperedPolicy`).
+pub fn tamper_pin_policy(mut cert: Vec<u8>) -> Vec<u8> {
+    let mut pattern = OID_POLICY.to_der().expect("OID encodes");
+    pattern.extend([0x04, 0x02]);
+    if let Some(at) = cert.windows(pattern.len()).position(|w| w == pattern) {
+        let pin = at + pattern.len();
+        cert[pin] = if cert[pin] == 0x01 { 0x02 } else { 0x01 };
+    }
+    cert
+}
+
 /// The 41482.3 extensions an F9 certificate carries about its device.
 fn device_extensions(device: &DeviceIdentity) -> Vec<Extension> {
     let mut out = vec![raw_ext(OID_FIRMWARE, device.version.to_vec())];
@@ -557,6 +600,29 @@ fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn forge_tampered_policy_changes_only_the_pin_policy_byte() {
+        let device = DeviceIdentity {
+            serial: 12,
+            version: [5, 7, 4],
+            form_factor: 1,
+            fips: false,
+        };
+        let ca = TestCa::generate();
+        let (f9_key, f9_cert) = ca.issue_f9(&device);
+        let spki = fresh_p256_spki();
+        let cert = attest_slot(&f9_key, &f9_cert, 0x9a, &spki, 2, 1, &device).expect("attests");
+        let forged = tamper_pin_policy(cert.clone());
+        let diff: Vec<usize> = (0..cert.len()).filter(|&i| cert[i] != forged[i]).collect();
+        assert_eq!(diff.len(), 1, "one byte changed");
+        assert_eq!(
+            (cert[diff[0]], forged[diff[0]]),
+            (2, 1),
+            "once becomes never"
+        );
+        assert!(Forge::parse("other-key").is_ok() && Forge::parse("bogus").is_err());
+    }
 
     fn device(version: [u8; 3]) -> DeviceIdentity {
         DeviceIdentity {
