@@ -3,8 +3,8 @@
 use serde::Serialize;
 use std::time::SystemTime;
 
-pub mod doctor;
 pub mod attest;
+pub mod doctor;
 pub mod enroll;
 pub mod error;
 pub mod list;
