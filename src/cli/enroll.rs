@@ -181,7 +181,7 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
 
     // 3. The token, and the plan for it. At a counter with several tokens present and
     // none named, list them and ask which.
-    let mut sel = super::selector(&a.token);
+    let mut sel = super::selector(&a.token)?;
     if interactive && sel.serial.is_none() && sel.reader.is_none() {
         let tokens = pivault::piv::yubikey::list()?;
         if tokens.len() > 1 {
