@@ -590,3 +590,107 @@ fn revoked_certificate_sends_the_user_to_the_helpdesk() {
         "more than the refused login: {reqs:#?}"
     );
 }
+
+/// The systemd user unit as shipped (`udev/pivault-renew.service`), run the way systemd
+/// runs it (clean environment, `%h` the user's home, its `Environment=`, then
+/// `ExecCondition=`, then `ExecStart=`), with a configuration file that says
+/// `auth = "cert"` and a drop-in naming the token (the rig has several cards plugged in):
+/// it renews through the certificate login, with no AppRole credentials anywhere.
+#[test]
+fn systemd_user_unit_renews_by_certificate_login_when_configured() {
+    let (v, audit) = cert_vault();
+    let card = Card::start();
+    // 75 s (plus the role's 30 s back-dating): due after 70 s of 105 (the unit's default
+    // threshold, 2/3), so the condition turns true while the certificate still logs in.
+    let mut enroll_env = run::anchored_env(&v);
+    enroll_env.push(("PIVAULT_PIN".into(), PIN.into()));
+    run::ok(run::enroll_cmd(
+        &card,
+        &enroll_env,
+        &["--cn", "jane", "--ttl", "75s", "--slot", "9a"],
+    ));
+    let before = run::piv_tool_read_cert(&card.reader, "9a");
+    let home = tempfile::tempdir().expect("tmp");
+    let h = home.path();
+    std::fs::create_dir_all(h.join(".config/pivault")).expect("mkdir");
+    std::fs::write(h.join(".config/pivault/pin"), PIN).expect("pin file");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(h.join(".config/pivault/pin"), p).expect("chmod 600");
+    }
+    let config = h.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vault]\naddr = \"{}\"\nca_cert = \"{}\"\ntrust_anchor = \"{}\"\nauth = \"cert\"\n",
+            v.addr,
+            v.tls_ca.as_ref().expect("CA").display(),
+            v.root_pem.display()
+        ),
+    )
+    .expect("config");
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("udev/pivault-renew.service"),
+    )
+    .expect("read the unit");
+    let bin = env!("CARGO_BIN_EXE_pivault");
+    let expand = |s: &str| {
+        s.replace("/usr/bin/pivault", bin)
+            .replace("%h", &h.display().to_string())
+    };
+    let value = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key).map(expand))
+            .collect()
+    };
+    let mut env: Vec<(String, String)> = value("Environment=")
+        .iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
+        .collect();
+    // The drop-in (`systemctl --user edit pivault-renew`) of this machine.
+    env.extend([
+        ("PIVAULT_CONFIG".to_string(), config.display().to_string()),
+        ("PIVAULT_SERIAL".into(), card.serial.to_string()),
+        ("PIVAULT_READER".into(), card.reader.clone()),
+        ("PIVAULT_MGMT_KEY".into(), FACTORY_MGM.into()),
+    ]);
+    let state = h.join("state");
+    env.push(("STATE_DIRECTORY".into(), state.display().to_string()));
+    let sh = |cmd: &str| {
+        let mut c = Command::new("/bin/sh");
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", h)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .args(["-c", cmd]);
+        run::run(c)
+    };
+    let cond = value("ExecCondition=");
+    let start = value("ExecStart=");
+    assert_eq!((cond.len(), start.len()), (1, 1), "{unit}");
+    let n = audited(&audit).len();
+    let t0 = std::time::Instant::now();
+    let o = sh(&cond[0]);
+    assert_eq!(o.status.code(), Some(1), "not due yet: {}", text(&o));
+    // The timer fires again later; here: until the condition says due.
+    let o = loop {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let o = sh(&cond[0]);
+        if o.status.success() || t0.elapsed().as_secs() > 70 {
+            break o;
+        }
+    };
+    assert!(o.status.success(), "ExecCondition never said due: {}", text(&o));
+    assert!(
+        audited(&audit)[n..]
+            .iter()
+            .all(|r| r.path == "pki/cert/ca_chain"),
+        "the condition logged in"
+    );
+    let o = sh(&start[0]);
+    assert!(o.status.success(), "ExecStart: {}", text(&o));
+    assert_ne!(before, run::piv_tool_read_cert(&card.reader, "9a"));
+    assert_cert_login_and_signs_only(&audited(&audit)[n..], "jane", &["self-yubikey-piv-auth"]);
+}
