@@ -682,7 +682,11 @@ fn systemd_user_unit_renews_by_certificate_login_when_configured() {
             break o;
         }
     };
-    assert!(o.status.success(), "ExecCondition never said due: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "ExecCondition never said due: {}",
+        text(&o)
+    );
     assert!(
         audited(&audit)[n..]
             .iter()
