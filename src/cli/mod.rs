@@ -4,6 +4,8 @@
 mod args;
 mod docs;
 mod enroll;
+mod helpdesk;
+mod progress;
 mod renew;
 mod secrets;
 mod station;
