@@ -278,3 +278,36 @@ fn regex_like_elapsed(s: &str) -> bool {
         !d.is_empty() && t[d.len()..].starts_with("s)")
     })
 }
+
+/// Without a terminal the slow steps are plain lines on stderr (no spinner, no control
+/// characters); with `--json` there is no progress at all.
+#[test]
+fn progress_is_plain_lines_off_a_terminal_and_absent_in_json() {
+    let v = Vault::start();
+    let mut env = run::anchored_env(&v);
+    env.push(("PIVAULT_PIN".into(), "123456".into()));
+    let card = Card::start();
+    let o = run::ok(run::enroll_cmd(
+        &card,
+        &env,
+        &["--cn", "jane", "--slot", "9a"],
+    ));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l == "  slot 9a: generating a p256 key on the token…"),
+        "{err}"
+    );
+    assert!(err.contains("  slot 9a: asking Vault (yubikey-piv-auth) for the certificate…"));
+    assert!(!err.contains('\u{1b}') && !err.contains('\r'), "{err:?}");
+    let o = run::ok(run::enroll_cmd(
+        &card,
+        &env,
+        &["--json", "--cn", "jane", "--slot", "9e", "--force"],
+    ));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains("generating a") && !err.contains("asking Vault"),
+        "progress in --json mode: {err}"
+    );
+}
