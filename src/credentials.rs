@@ -306,3 +306,60 @@ pub fn unblock(
         escrow_version: rec.version,
     })
 }
+
+/// What [`secure_for_user`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Secured {
+    pub token_serial: u32,
+    pub mgmt_key_algorithm: MgmAlgorithm,
+    pub escrow_version: u64,
+}
+
+/// The helpdesk's `enroll --secure` on a token in factory state: a random PUK and a random
+/// management key stored PIN-protected on the token (the station's layout, Yubico
+/// "PIN-protected management key"), both through [`rotate`] (escrowed as pending before
+/// either is applied), then the user's own PIN, which is not escrowed (as after
+/// [`unblock`]). A token that is not in factory state is refused before anything is
+/// changed: a token in use is never re-keyed here. Leaves the PIN verified.
+pub fn secure_for_user(
+    token: &mut dyn PivToken,
+    esc: &Escrow<'_>,
+    puk_length: usize,
+    user_pin: &Pin,
+) -> Result<Secured, Error> {
+    let serial = token.info().serial;
+    let mut rec = esc.read(serial)?.unwrap_or_else(|| Versioned::new(serial));
+    resolve_pending(token, esc, &mut rec)?;
+    // Refuses (NotFactory) a token whose PIN, PUK or management key was changed; on 5.3+
+    // without spending a try.
+    rec.record.live = factory(token)?;
+    let alg = MgmAlgorithm::best_for(token.info().version);
+    let next = Credentials {
+        pin: rec.record.live.pin.clone(),
+        puk: Some(Puk::new(escrow::random_digits(puk_length).as_str())),
+        mgmt_key: Some(escrow::random_mgm_key(alg)),
+        mgmt_key_algorithm: Some(alg),
+        mgmt_key_protected: true,
+    };
+    rotate(token, esc, &mut rec, next)?;
+    let changed = |e: Error| Error::AfterChange {
+        done: "the PUK and the management key were changed (escrowed)".into(),
+        source: Box::new(e),
+    };
+    // The record stops claiming the factory PIN before the token stops holding it: a
+    // crash in between leaves "the user's own PIN" recorded and the factory PIN on the
+    // token, which `unblock` repairs with the escrowed PUK.
+    rec.record.live.pin = None;
+    esc.write(&mut rec).map_err(changed)?;
+    verify_pin_safely(token, &Pin::new(FACTORY_PIN)).map_err(changed)?;
+    token
+        .change_pin(&Pin::new(FACTORY_PIN), user_pin)
+        .map_err(|e| changed(e.into()))?;
+    checkpoint("user-pin");
+    token.verify_pin(user_pin).map_err(|e| changed(e.into()))?;
+    Ok(Secured {
+        token_serial: serial,
+        mgmt_key_algorithm: alg,
+        escrow_version: rec.version,
+    })
+}

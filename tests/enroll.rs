@@ -583,8 +583,9 @@ fn at_a_terminal_it_asks_and_shows_the_plan_without_one_it_refuses() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(error_line(&o).contains("no slot given"), "{}", text(&o));
 
-    // On a terminal (script(1) gives it a pty): slots, role, algorithm, CN, e-mail, UPN,
-    // then the plan and a confirmation.
+    // On a terminal (script(1) gives it a pty): the token first (its state, then "Enroll
+    // token N?"), then slots, role, algorithm, CN, e-mail, UPN, then the plan and a
+    // confirmation (tests/helpdesk_pty.rs walks the same path answer by answer).
     let line = format!(
         "{} enroll --reader '{}' --default-mgmt-key",
         env!("CARGO_BIN_EXE_pivault"),
@@ -604,12 +605,17 @@ fn at_a_terminal_it_asks_and_shows_the_plan_without_one_it_refuses() {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("stdin");
         stdin
-            .write_all(b"9e\n\n\nHelpdesk Jane\n\n\ny\n")
+            .write_all(b"y\n9e\n\n\nHelpdesk Jane\n\n\ny\n")
             .expect("answers");
     }
     let o = child.wait_with_output().expect("wait");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("Slots to enroll"), "{out}");
+    let token_first = out.find(&format!("Enroll token {}?", card.serial));
+    assert!(
+        token_first.is_some_and(|i| out.find("Slots to enroll").is_some_and(|j| i < j)),
+        "the token was not shown and asked for first:\n{out}"
+    );
     assert!(
         out.contains("slot 9e (card-authentication): new p256 key")
             && out.contains("CN=Helpdesk Jane"),

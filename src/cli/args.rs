@@ -293,6 +293,14 @@ pub struct EnrollArgs {
     /// Do not ask for confirmation on a terminal
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Secure a factory token as the station does: random PUK and PIN-protected random
+    /// management key, escrowed in Vault KV before they are applied; then the user's own
+    /// PIN (typed twice, or PIVAULT_NEW_PIN / --new-pin-file), not escrowed
+    #[arg(long)]
+    pub secure: bool,
+    /// File holding the user's new PIN for --secure (owner-only)
+    #[arg(long, value_name = "FILE", requires = "secure")]
+    pub new_pin_file: Option<PathBuf>,
 }
 
 // --- pivault doctor (h-doctor) ---

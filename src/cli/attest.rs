@@ -20,7 +20,7 @@ pub fn run(a: &AttestArgs, json: bool) -> Result<ExitCode, Error> {
         Some(p) => p.display().to_string(),
         None => "built in".into(),
     };
-    let mut token = YubiKeyToken::open(&selector(&a.token))?;
+    let mut token = YubiKeyToken::open(&selector(&a.token)?)?;
     let slots = (!a.slots.is_empty()).then_some(a.slots.as_slice());
     let findings = attestation::attest_token(&mut token, slots, &bundle, SystemTime::now())?;
     let report = AttestReport::new(token.info(), origin, &findings);

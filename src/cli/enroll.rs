@@ -2,8 +2,9 @@
 
 use super::args::{Cli, EnrollArgs};
 use super::secrets::{self, Source};
-use pivault::enroll::{self, Context, MgmKeySource, Observer, Plan, Step};
+use pivault::enroll::{self, Context, MgmKeySource, Plan};
 use pivault::error::exit;
+use pivault::escrow::Escrow;
 use pivault::piv::yubikey::YubiKeyToken;
 use pivault::piv::{PivToken, Slot};
 use pivault::profile::{self, Defaults, Profile, SlotSpec};
@@ -13,20 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
-/// Progress on stderr while slow steps (RSA key generation) run.
-struct Progress {
-    on: bool,
-}
-
-impl Observer for Progress {
-    fn step(&mut self, slot: Slot, step: Step) {
-        if self.on {
-            eprintln!("  slot {slot}: {step}…");
-        }
-    }
-}
-
-fn ask(label: &str, default: Option<&str>) -> Result<String, Error> {
+pub(super) fn ask(label: &str, default: Option<&str>) -> Result<String, Error> {
     match default {
         Some(d) => eprint!("{label} [{d}]: "),
         None => eprint!("{label}: "),
@@ -161,12 +149,22 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
     let (mut specs, mut defaults) = specs_and_defaults(a)?;
     let mut vars = vars_of(a)?;
     let interactive = secrets::interactive() && !cli.json;
+    // At a counter (a terminal, no slots given) the token comes first: shown, then asked
+    // for; the slots after (src/cli/helpdesk.rs).
+    let mut counter = None;
     if specs.is_empty() {
         if !interactive {
             return Err(Error::Usage(
                 "no slot given: use --slot (repeatable) or --profile; run on a terminal to be asked"
                     .into(),
             ));
+        }
+        match super::helpdesk::counter_token(super::selector(&a.token)?)? {
+            Some(t) => counter = Some(t),
+            None => {
+                eprintln!("nothing done");
+                return Ok(ExitCode::from(exit::USAGE));
+            }
         }
         specs = ask_plan(&mut defaults)?;
     }
@@ -181,8 +179,8 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
 
     // 3. The token, and the plan for it. At a counter with several tokens present and
     // none named, list them and ask which.
-    let mut sel = super::selector(&a.token);
-    if interactive && sel.serial.is_none() && sel.reader.is_none() {
+    let mut sel = super::selector(&a.token)?;
+    if counter.is_none() && interactive && sel.serial.is_none() && sel.reader.is_none() {
         let tokens = pivault::piv::yubikey::list()?;
         if tokens.len() > 1 {
             for (i, t) in tokens.iter().enumerate() {
@@ -206,7 +204,10 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
             sel.reader = Some(t.reader.clone());
         }
     }
-    let mut token = YubiKeyToken::open(&sel)?;
+    let mut token = match counter {
+        Some(t) => t,
+        None => YubiKeyToken::open(&sel)?,
+    };
     vars.insert("serial".into(), token.info().serial.to_string());
     let plan = Plan {
         slots: profile::resolve(&specs, &defaults, &vars)?,
@@ -214,18 +215,61 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
     };
     plan.validate()?;
     plan.check_token(&token)?;
+    // Occupied slots are refused here, before the question, the PIN and --secure: a token
+    // in use is never changed by accident (enroll::enroll checks again after unlocking).
+    if !plan.force {
+        for sp in &plan.slots {
+            if let Some(what) = enroll::occupant(&mut token, sp.slot)? {
+                return Err(Error::SlotOccupied {
+                    slot: sp.slot,
+                    what,
+                });
+            }
+        }
+    }
     if !cli.json {
         eprint!("{}", describe_plan(&plan, &token));
     }
     if interactive && !a.yes {
         let yes = ask("Proceed? (y/N)", Some("N"))?;
-        if !yes.eq_ignore_ascii_case("y") && !yes.eq_ignore_ascii_case("yes") {
+        let mut go = yes.eq_ignore_ascii_case("y") || yes.eq_ignore_ascii_case("yes");
+        if go && a.force {
+            go = super::helpdesk::confirm_replace(token.info().serial)?;
+        }
+        if !go {
             eprintln!("nothing done");
             return Ok(ExitCode::from(exit::USAGE));
         }
     }
 
-    let pin = super::read_pin(&a.unlock)?;
+    let mut progress = super::progress::Progress::new(cli.json);
+    let pin = if a.secure {
+        let user_pin = super::helpdesk::user_pin(a.new_pin_file.clone())?;
+        let esc = Escrow {
+            client: issuer.client(),
+            by: format!("pivault enroll --secure on {}", super::host_name()),
+        };
+        progress.begin("escrowing a new PUK and management key in Vault, then applying them");
+        let s = pivault::credentials::secure_for_user(&mut token, &esc, 8, &user_pin)?;
+        progress.done();
+        if !cli.json {
+            eprintln!(
+                "token {}: random PUK and PIN-protected {} management key set (escrow record \
+                 version {}); the user's PIN is set",
+                s.token_serial, s.mgmt_key_algorithm, s.escrow_version
+            );
+        }
+        user_pin
+    } else {
+        if interactive && token.mgm_key_state()?.default == Some(true) {
+            eprintln!(
+                "warning: token {} stays on the factory management key: anyone holding it can \
+                 replace its keys and certificates; run with --secure to do what the station does",
+                token.info().serial
+            );
+        }
+        super::read_pin(&a.unlock)?
+    };
     let mgm_file = a.unlock.mgmt_key_file.clone();
     let default_ok = a.unlock.default_mgmt_key;
     let mut ask_mgm = move || -> Result<MgmKeySource, Error> {
@@ -266,9 +310,6 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         anchors_der,
         preflight: &preflight,
     };
-    let mut progress = Progress {
-        on: super::progress_on_terminal() && !cli.json,
-    };
     let outcome = enroll::enroll(
         &mut token,
         &ctx,
@@ -278,6 +319,7 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         &mut ask_mgm,
         &mut progress,
     )?;
+    progress.done();
     log::info!(
         "Vault: {} requests, {} AppRole login(s)",
         issuer.stats().requests,

@@ -6,6 +6,8 @@ mod attest;
 mod docs;
 mod doctor;
 mod enroll;
+mod helpdesk;
+mod progress;
 mod renew;
 mod secrets;
 mod station;
@@ -192,11 +194,25 @@ pub fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-pub fn selector(t: &TokenArgs) -> Selector {
-    Selector {
-        serial: t.serial,
-        reader: t.reader.clone(),
-    }
+/// The token to open: `--serial` / `--reader`, else `PIVAULT_SERIAL` / `PIVAULT_READER`
+/// (a systemd drop-in of the renewal unit names the user's token this way when more than
+/// one is plugged in).
+pub fn selector(t: &TokenArgs) -> Result<Selector, Error> {
+    let serial = match (t.serial, std::env::var("PIVAULT_SERIAL")) {
+        (Some(s), _) => Some(s),
+        (None, Ok(v)) if !v.trim().is_empty() => Some(v.trim().parse::<u32>().map_err(|_| {
+            Error::Usage(format!(
+                "PIVAULT_SERIAL={v:?} is not a token serial number (decimal, as `pivault list` shows it)"
+            ))
+        })?),
+        _ => None,
+    };
+    let reader = t.reader.clone().or_else(|| {
+        std::env::var("PIVAULT_READER")
+            .ok()
+            .filter(|r| !r.is_empty())
+    });
+    Ok(Selector { serial, reader })
 }
 
 fn list(json: bool) -> Result<ExitCode, Error> {
@@ -221,7 +237,7 @@ fn list(json: bool) -> Result<ExitCode, Error> {
 }
 
 fn status(t: &TokenArgs, json: bool) -> Result<ExitCode, Error> {
-    let mut token = YubiKeyToken::open(&selector(t))?;
+    let mut token = YubiKeyToken::open(&selector(t)?)?;
     let st = pivault::status::read(&mut token)?;
     if json {
         print_json(&st)?;

@@ -79,11 +79,17 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             }
         }
     }
-    let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
+    let mut token = YubiKeyToken::open(&super::selector(&a.token)?)?;
     let serial = token.info().serial;
     let journal = Journal::new(&state_dir(a));
     let unfinished = journal.load(serial)?;
-    let certs: Vec<_> = renew::current(&mut token, &ca_subjects)?
+    let all = renew::current(&mut token, &ca_subjects)?;
+    // Whose name a certificate login may renew (the self roles bind the CN): for the hint.
+    let login_cn = all
+        .iter()
+        .find(|c| c.slot == login.slot)
+        .map(|c| c.subject.common_name.clone());
+    let certs: Vec<_> = all
         .into_iter()
         .filter(|c| only.is_empty() || only.contains(&c.slot))
         .collect();
@@ -204,11 +210,48 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
         return Ok(super::fail(e, false));
     }
     // A slot that failed on its own (refused certificate, request in doubt) fails the run.
-    Ok(ExitCode::from(if outcome.report.ok {
-        exit::OK
+    if outcome.report.ok {
+        return Ok(ExitCode::from(exit::OK));
+    }
+    if !cli.json {
+        let subject_of = |slot| {
+            todo.iter()
+                .find(|c| c.slot == slot)
+                .map(|c| c.subject.common_name.as_str())
+                .unwrap_or("?")
+        };
+        for s in outcome.report.slots.iter().filter(|s| s.error.is_some()) {
+            eprintln!(
+                "pivault: error: slot {} (CN={}) was not renewed: {}",
+                s.slot,
+                subject_of(s.slot),
+                s.error.as_deref().unwrap_or_default()
+            );
+        }
+        eprintln!(
+            "  hint: {}",
+            slot_failure_hint(cert_login, login_cn.as_deref())
+        );
+    }
+    Ok(ExitCode::from(exit::FAILED))
+}
+
+/// What to do about slots a renewal could not renew (the rest of the token was renewed).
+fn slot_failure_hint(cert_login: bool, login_cn: Option<&str>) -> String {
+    if cert_login {
+        // The self roles (fixtures/vault/cert-auth.sh) sign only the login certificate's
+        // CN: a slot naming anyone else, or a name field a role cannot bind (UPN), is
+        // refused however often it is retried.
+        format!(
+            "certificate login renews only certificates for the login certificate's own name \
+             (CN={}); go to the helpdesk to have these slots enrolled again",
+            login_cn.unwrap_or("?")
+        )
     } else {
-        exit::FAILED
-    }))
+        "run `pivault renew` again to retry (a request in doubt is finished, not issued twice); \
+         a certificate Vault refuses needs the helpdesk"
+            .into()
+    }
 }
 
 /// Log in to Vault with the certificate in the login slot, the handshake signed by the
@@ -289,7 +332,7 @@ pub fn unblock(cli: &Cli, a: &UnblockArgs) -> Result<ExitCode, Error> {
         client: issuer.client(),
         by: format!("pivault unblock on {}", super::host_name()),
     };
-    let mut token = YubiKeyToken::open(&super::selector(&a.token))?;
+    let mut token = YubiKeyToken::open(&super::selector(&a.token)?)?;
     let out = pivault::credentials::unblock(&mut token, &esc, &new, 8)?;
     if cli.json {
         print_json(&pivault::report::unblock::UnblockReport {

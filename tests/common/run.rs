@@ -23,6 +23,9 @@ const SCRUB: &[&str] = &[
     "PIVAULT_SECRET_ID_FILE",
     "PIVAULT_ROLE_ID",
     "PIVAULT_TLS_SKIP_VERIFY",
+    "PIVAULT_AUTH",
+    "PIVAULT_SERIAL",
+    "PIVAULT_READER",
     "RUST_LOG",
 ];
 
