@@ -12,6 +12,7 @@ use crate::piv::{
 use crate::report::rfc3339;
 use crate::secret::{MgmKeyHex, Pin};
 use crate::verify::{self, Accepted, Expectation};
+use crate::workflow::attest::{self, AttestSetup, F9Cache, KeyAttestation};
 pub use crate::workflow::Outcome;
 use crate::workflow::{run_token, Preflight, SlotAction, SlotPolicy};
 use spki::SubjectPublicKeyInfoOwned;
@@ -192,6 +193,10 @@ pub trait Observer {
     fn issued(&mut self, _slot: Slot, _cert: &Issued) -> Result<(), Error> {
         Ok(())
     }
+    /// The generated key was attested and the attestation passed the policy.
+    fn attested(&mut self, _slot: Slot, _att: &KeyAttestation) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// An observer that does nothing.
@@ -206,6 +211,17 @@ pub struct Context<'a> {
     pub anchors_der: Vec<Vec<u8>>,
     /// Roles already checked with Vault in this run.
     pub preflight: &'a Preflight,
+    /// Attestation bundle and policy; the shipped bundle and no policy when `None`.
+    pub attestation: Option<&'a AttestSetup>,
+}
+
+impl Context<'_> {
+    pub fn attest_setup(&self) -> &AttestSetup {
+        match self.attestation {
+            Some(a) => a,
+            None => AttestSetup::shipped(),
+        }
+    }
 }
 
 /// Verify the PIN (never spending the last try) and authenticate with the management
@@ -368,23 +384,32 @@ pub fn enroll_slot(
     sp: &SlotPlan,
     pin: &Pin,
     key: KeyChoice,
+    f9: &mut F9Cache,
     obs: &mut dyn Observer,
 ) -> Result<(Accepted, Vec<String>), Error> {
-    let key = match key {
+    let setup = ctx.attest_setup();
+    let (key, attested) = match key {
         KeyChoice::Generate => {
             step(token, obs, sp.slot, Step::Generating(sp.algorithm));
             // DESTRUCTIVE: replaces the slot's private key.
             let k = token.generate_key(sp.slot, sp.algorithm, sp.pin_policy, sp.touch_policy)?;
             obs.generated(sp.slot, &k)?;
             checkpoint("generate");
-            k
+            // Before anything goes to Vault: the key must be the one attested, and pass
+            // the policy (issue 12, "Policy before signing").
+            let att = attest::attest_key(token, setup, f9, sp.slot, &k)?;
+            if let Some(a) = &att {
+                obs.attested(sp.slot, a)?;
+            }
+            (k, att)
         }
-        KeyChoice::Existing(k) => k,
+        KeyChoice::Existing(k) => (k, None),
     };
     step(token, obs, sp.slot, Step::SigningCsr);
     // Slots with PIN policy "always" (9c by default) want the PIN right before each use.
     token.verify_pin(pin)?;
-    let csr = csr::build_and_sign(token, sp.slot, &key, &sp.subject)?;
+    let csr_att = attested.as_ref().map(|a| a.for_csr(setup.csr_legacy_oid));
+    let csr = csr::build_and_sign(token, sp.slot, &key, &sp.subject, csr_att.as_ref())?;
     step(token, obs, sp.slot, Step::Requesting(sp.role));
     obs.requesting(sp.slot)?;
     let issued = ctx.issuer.issue(
@@ -420,6 +445,9 @@ impl Observer for Generate<'_> {
     fn issued(&mut self, slot: Slot, cert: &Issued) -> Result<(), Error> {
         self.obs.issued(slot, cert)
     }
+    fn attested(&mut self, slot: Slot, att: &KeyAttestation) -> Result<(), Error> {
+        self.obs.attested(slot, att)
+    }
 }
 
 impl SlotPolicy for Generate<'_> {
@@ -452,6 +480,11 @@ pub fn enroll(
 ) -> Result<Outcome, Error> {
     plan.validate()?;
     plan.check_token(token)?;
+    attest::precheck(
+        &ctx.attest_setup().policy,
+        token.info().version,
+        &plan.slots,
+    )?;
     ctx.preflight
         .check(ctx, plan.slots.iter().map(|sp| sp.role))?;
     unlock(token, pin, mgm_alg, ask_mgm)?;

@@ -58,6 +58,7 @@ fn run(
         issuer,
         anchors_der: Vec::new(),
         preflight: &pf,
+        attestation: None,
     };
     enroll(
         token,

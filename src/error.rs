@@ -55,6 +55,20 @@ pub enum Error {
     /// certificate. Only a person (the helpdesk, with an enrollment station) can fix it.
     #[error("slot {slot}: cannot log in to Vault with the token's certificate: {reason}")]
     CertLogin { slot: Slot, reason: String },
+    /// The attestation policy refused the token or a key before anything was sent to
+    /// Vault (`slot` is `None` when the whole token is refused).
+    #[error("{}refused by the attestation policy: {refusal}", slot.map(|s| format!("slot {s}: ")).unwrap_or_default())]
+    Policy {
+        slot: Option<Slot>,
+        refusal: crate::attestation::PolicyRefusal,
+    },
+    /// The token attested another key or another token than the one just generated.
+    #[error("slot {slot}: the attestation does not match: {source}")]
+    Attestation {
+        slot: Slot,
+        #[source]
+        source: crate::attestation::AttestationError,
+    },
     /// Some slots of a token failed (each is in the report).
     #[error("{0}")]
     Incomplete(String),
@@ -167,6 +181,16 @@ impl Error {
                  slot {slot} from \"requested\" in {} to request again",
                 journal.display()
             )),
+            Error::Policy { .. } => Some(
+                "nothing was sent to Vault; use a token (or slot settings) the policy allows, \
+                 or change the profile's [attestation] section"
+                    .into(),
+            ),
+            Error::Attestation { .. } => Some(
+                "nothing was sent to Vault; the token's answers cannot be trusted: take it out \
+                 of service and report it"
+                    .into(),
+            ),
             Error::AfterChange { source, .. } => Some(match source.hint() {
                 Some(h) if h.contains("again") => format!("the token was changed; {h}"),
                 Some(h) => format!("the token was changed; {h}; then run the same command again"),

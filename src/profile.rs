@@ -47,6 +47,12 @@ pub struct Profile {
     pub ttl: Option<Ttl>,
     #[serde(default, rename = "slot")]
     pub slots: Vec<SlotSpec>,
+    /// Attestation bundle replacing the shipped Yubico one; `--attestation-roots` wins.
+    #[serde(default)]
+    pub attestation_roots: Option<std::path::PathBuf>,
+    /// What an attested key must meet before it is sent to Vault (issue 12).
+    #[serde(default)]
+    pub attestation: crate::attestation::AttestationPolicy,
 }
 
 impl Profile {

@@ -188,6 +188,7 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             issuer: &issuer,
             anchors_der,
             preflight: &preflight,
+            attestation: None,
         };
         renew::renew(&mut *token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     } else {
@@ -195,6 +196,7 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             issuer: &issuer,
             anchors_der,
             preflight: &preflight,
+            attestation: None,
         };
         renew::renew(&mut token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     };

@@ -127,6 +127,23 @@ pub trait PivToken {
     /// RSA, the whole message for Ed25519. Needs the PIN for most slots.
     fn sign_raw(&mut self, slot: Slot, alg: Algorithm, input: &[u8])
         -> Result<Vec<u8>, TokenError>;
+    /// ATTEST (Yubico INS F9, firmware 4.3+): an X.509 certificate for the key generated
+    /// in `slot`, signed by the token's F9 attestation key. `Err(NotSupported)` where the
+    /// token cannot attest (older firmware, an imported key).
+    fn attest(&mut self, slot: Slot) -> Result<Vec<u8>, TokenError> {
+        let _ = slot;
+        Err(TokenError::NotSupported {
+            what: "attestation".into(),
+            version: self.info().version.to_string(),
+        })
+    }
+    /// The F9 attestation certificate (object 5FFF01), DER as stored; `None` when absent.
+    fn attestation_certificate(&mut self) -> Result<Option<Vec<u8>>, TokenError> {
+        Err(TokenError::NotSupported {
+            what: "attestation".into(),
+            version: self.info().version.to_string(),
+        })
+    }
     /// DESTRUCTIVE: replaces the slot's certificate object.
     fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError>;
     /// Write CHUID and CCC when absent (OS middleware needs them); true when written.

@@ -267,6 +267,8 @@ const OBJ_PRINTED: u32 = 0x005f_c109;
 /// CHUID (SP 800-73-4 Part 1, 3.1.2) and Card Capability Container (3.1.1).
 const OBJ_CHUID: u32 = 0x005f_c102;
 const OBJ_CCC: u32 = 0x005f_c107;
+/// The F9 attestation certificate (Yubico extension object 5FFF01).
+const OBJ_F9: u32 = 0x005f_ff01;
 
 /// A CHUID per SP 800-73-4 Part 1 Table 9: FASC-N (0x30, the "non-federal" pattern of
 /// all 9s that Yubico's tools write), GUID (0x34, random here), expiration (0x35,
@@ -593,6 +595,35 @@ impl PivToken for YubiKeyToken {
                 },
                 e => self.fail("sign", e),
             })
+    }
+
+    fn attest(&mut self, slot: Slot) -> Result<Vec<u8>, TokenError> {
+        // Yubico: attestation exists from firmware 4.3; before that the instruction is
+        // unknown (and the crate would report a generic error).
+        if self.info.version < FirmwareVersion::new(4, 3, 0) {
+            return Err(self.unsupported("attestation"));
+        }
+        match piv::attest(&mut self.yk, slot_id(slot)) {
+            Ok(b) => Ok(b.to_vec()),
+            Err(yubikey::Error::NotSupported) => Err(self.unsupported("attestation")),
+            Err(e) => Err(self.fail("attest", e)),
+        }
+    }
+
+    fn attestation_certificate(&mut self) -> Result<Option<Vec<u8>>, TokenError> {
+        if self.info.version < FirmwareVersion::new(4, 3, 0) {
+            return Err(self.unsupported("attestation"));
+        }
+        // Read raw (not through the crate's Certificate, which re-encodes): the signature
+        // check wants the certificate's bytes as Yubico wrote them. Object layout
+        // 53 { 70 <cert> 71 <info> } (SP 800-73-4 Part 1, Table 10).
+        match self.yk.fetch_object(OBJ_F9) {
+            Ok(data) => Ok(find_tlv(&data, 0x70)
+                .filter(|c| !c.is_empty())
+                .map(<[u8]>::to_vec)),
+            Err(yubikey::Error::NotFound) => Ok(None),
+            Err(e) => Err(self.fail("read the F9 attestation certificate", e)),
+        }
     }
 
     fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError> {

@@ -28,6 +28,9 @@ impl Station<'_> {
             line.vault_unavailable = matches!(e.cause(), Error::Vault(v) if v.is_unavailable());
             line.result = match e.cause() {
                 Error::Token(TokenError::CardRemoved) => TokenResult::Removed,
+                // Refused before anything on the token changed (after a key was generated
+                // the error is wrapped as a change, and the token "failed").
+                Error::Policy { .. } if matches!(e, Error::Policy { .. }) => TokenResult::Refused,
                 _ if line.result == TokenResult::Refused => TokenResult::Refused,
                 _ => TokenResult::Failed,
             };
@@ -89,10 +92,14 @@ impl Station<'_> {
             force: true,
         }
         .check_token(token)?;
+        if let Some(a) = &self.attestation {
+            crate::workflow::attest::precheck(&a.policy, token.info().version, &plan)?;
+        }
         let ctx = Context {
             issuer: self.issuer,
             anchors_der: self.anchors_der.clone(),
             preflight: &self.preflight,
+            attestation: self.attestation.as_ref(),
         };
         self.preflight.check(&ctx, plan.iter().map(|sp| sp.role))?;
         let mut rec = self
@@ -111,6 +118,7 @@ impl Station<'_> {
             journal: &mut journal,
             rec: &mut rec,
             in_doubt: Vec::new(),
+            attested: Default::default(),
         };
         let out = run_token(token, &ctx, "station", &plan, &pin, &mut policy);
         line.in_doubt = std::mem::take(&mut policy.in_doubt);
@@ -169,6 +177,8 @@ struct StationSlots<'s, 'a> {
     journal: &'s mut Entry,
     rec: &'s mut Versioned,
     in_doubt: Vec<Slot>,
+    /// Attestations of keys generated in this run, recorded with their certificates.
+    attested: std::collections::BTreeMap<Slot, crate::workflow::attest::AttestationFacts>,
 }
 
 fn first_der(pem: &str) -> Option<Vec<u8>> {
@@ -222,7 +232,8 @@ impl StationSlots<'_, '_> {
     }
 
     fn record_slot(&mut self, slot: Slot, r: Option<SlotRecord>) {
-        if let Some(r) = r {
+        if let Some(mut r) = r {
+            r.attestation = self.attested.get(&slot).cloned();
             self.rec.record.state.slots.insert(slot, r);
         }
     }
@@ -232,6 +243,15 @@ impl Observer for StationSlots<'_, '_> {
     fn generated(&mut self, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
         self.journal.set_key(slot, key)?;
         self.save()
+    }
+
+    fn attested(
+        &mut self,
+        slot: Slot,
+        att: &crate::workflow::attest::KeyAttestation,
+    ) -> Result<(), Error> {
+        self.attested.insert(slot, att.facts());
+        Ok(())
     }
 
     fn requesting(&mut self, slot: Slot) -> Result<(), Error> {
