@@ -1,6 +1,7 @@
 //! pivault's error type: every failure carries the facts a person needs, and knows which
 //! exit code class it belongs to and what fix to suggest.
 
+use crate::attestation::AttestationError;
 use crate::csr::CsrError;
 use crate::piv::{Slot, TokenError};
 use crate::vault::VaultError;
@@ -62,12 +63,17 @@ pub enum Error {
         slot: Option<Slot>,
         refusal: crate::attestation::PolicyRefusal,
     },
-    /// The token attested another key or another token than the one just generated.
-    #[error("slot {slot}: the attestation does not match: {source}")]
+    /// An attestation was refused: the check that failed and why (`pivault attest`,
+    /// enrollment with attestation). `slot` is `None` when no slot could be attested.
+    #[error(
+        "{}attestation refused ({} check): {source}",
+        slot.map(|s| format!("slot {s}: ")).unwrap_or_default(),
+        source.check()
+    )]
     Attestation {
-        slot: Slot,
+        slot: Option<Slot>,
         #[source]
-        source: crate::attestation::AttestationError,
+        source: AttestationError,
     },
     /// Some slots of a token failed (each is in the report).
     #[error("{0}")]
@@ -157,6 +163,7 @@ impl Error {
                  renewal needs a certificate that is still valid)"
                     .into(),
             ),
+            Error::Attestation { source, .. } => Some(source.hint().into()),
             Error::SlotOccupied { slot, .. } => Some(format!(
                 "check `pivault status`; to replace slot {slot}, run again with --force"
             )),
@@ -184,11 +191,6 @@ impl Error {
             Error::Policy { .. } => Some(
                 "nothing was sent to Vault; use a token (or slot settings) the policy allows, \
                  or change the profile's [attestation] section"
-                    .into(),
-            ),
-            Error::Attestation { .. } => Some(
-                "nothing was sent to Vault; the token's answers cannot be trusted: take it out \
-                 of service and report it"
                     .into(),
             ),
             Error::AfterChange { source, .. } => Some(match source.hint() {

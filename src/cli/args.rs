@@ -56,6 +56,8 @@ pub enum Command {
     Unblock(Box<UnblockArgs>),
     /// Provisioning station: watch readers, enroll inserted tokens per a profile, escrow credentials
     Station(Box<StationArgs>),
+    /// Verify the token's attestation of its keys (Yubico's chain) and show what it proves
+    Attest(Box<AttestArgs>),
     /// Print a shell completion script (bash, zsh or fish) on stdout
     Completions {
         #[arg(value_enum)]
@@ -68,6 +70,20 @@ pub enum Command {
         dir: PathBuf,
     },
 }
+
+// --- `pivault attest` (h-attest) ---
+#[derive(Debug, Args, Clone, Default)]
+pub struct AttestArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Only this slot (repeatable) [default: every slot holding a key]
+    #[arg(long = "slot", value_parser = parse::<Slot>)]
+    pub slots: Vec<Slot>,
+    /// Trusted attestation roots and intermediates (PEM) instead of Yubico's shipped bundle
+    #[arg(long, value_name = "FILE")]
+    pub attestation_roots: Option<PathBuf>,
+}
+// --- end `pivault attest` ---
 
 /// Shells `pivault completions` writes for.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -7,7 +7,7 @@
 
 use super::{
     Algorithm, CredentialDefaults, FirmwareVersion, MgmAlgorithm, MgmKeyState, PinPolicy, PivToken,
-    Slot, SlotKey, TokenError, TokenInfo, TouchPolicy,
+    Slot, SlotKey, SlotPublicKey, TokenError, TokenInfo, TouchPolicy,
 };
 use crate::secret::{MgmKeyHex, Pin, Puk};
 use der::{Decode, Encode};
@@ -20,6 +20,9 @@ use yubikey::{
     YubiKey,
 };
 use zeroize::Zeroizing;
+
+/// Object of the F9 attestation key's certificate (Yubico, "PIV attestation").
+const ATTESTATION_CERT_OBJECT: u32 = 0x005f_ff01;
 
 /// Which token to open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -267,8 +270,6 @@ const OBJ_PRINTED: u32 = 0x005f_c109;
 /// CHUID (SP 800-73-4 Part 1, 3.1.2) and Card Capability Container (3.1.1).
 const OBJ_CHUID: u32 = 0x005f_c102;
 const OBJ_CCC: u32 = 0x005f_c107;
-/// The F9 attestation certificate (Yubico extension object 5FFF01).
-const OBJ_F9: u32 = 0x005f_ff01;
 
 /// A CHUID per SP 800-73-4 Part 1 Table 9: FASC-N (0x30, the "non-federal" pattern of
 /// all 9s that Yubico's tools write), GUID (0x34, random here), expiration (0x35,
@@ -559,6 +560,60 @@ impl PivToken for YubiKeyToken {
         }
     }
 
+    fn attest(&mut self, slot: Slot) -> Result<Option<Vec<u8>>, TokenError> {
+        if !self.info.version.has_attestation() {
+            return Err(self.unsupported("attestation"));
+        }
+        match piv::attest(&mut self.yk, slot_id(slot)) {
+            Ok(der) => Ok(Some(der.to_vec())),
+            // The crate folds every refusal status word into GenericError; for ATTEST
+            // those are "no key" (6A88) and "key not generated on the token" (6A80).
+            Err(yubikey::Error::GenericError) => Ok(None),
+            Err(yubikey::Error::NotSupported) => Err(self.unsupported("attestation")),
+            Err(e) => Err(self.fail("attest", e)),
+        }
+    }
+
+    fn slot_public_key(&mut self, slot: Slot) -> Result<Option<SlotPublicKey>, TokenError> {
+        if !self.info.version.has_metadata() {
+            return Err(self.unsupported("reading key metadata"));
+        }
+        match piv::metadata(&mut self.yk, slot_id(slot)) {
+            Ok(m) => {
+                let Some(public) = m.public else {
+                    return Ok(None);
+                };
+                let spki_der = public.to_der().map_err(|e| TokenError::Card {
+                    op: "read key metadata",
+                    detail: e.to_string(),
+                })?;
+                Ok(Some(SlotPublicKey {
+                    spki_der,
+                    generated: m.origin.map(|o| o == piv::Origin::Generated),
+                }))
+            }
+            Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
+            Err(yubikey::Error::NotSupported) => Err(self.unsupported("reading key metadata")),
+            Err(e) => Err(self.fail("read key metadata", e)),
+        }
+    }
+
+    fn attestation_certificate(&mut self) -> Result<Option<Vec<u8>>, TokenError> {
+        // The object's bytes, not the crate's parsed certificate: re-encoding could change
+        // the signed bytes of a certificate that is not in canonical DER.
+        match self.yk.fetch_object(ATTESTATION_CERT_OBJECT) {
+            Ok(data) if data.is_empty() => Ok(None),
+            Ok(data) => certificate_in_object(&data)
+                .map(Some)
+                .ok_or(TokenError::Card {
+                    op: "read the F9 certificate",
+                    detail: "object 5FFF01 holds no certificate (tag 70)".into(),
+                }),
+            Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
+            Err(e) => Err(self.fail("read the F9 certificate", e)),
+        }
+    }
+
     fn generate_key(
         &mut self,
         slot: Slot,
@@ -595,35 +650,6 @@ impl PivToken for YubiKeyToken {
                 },
                 e => self.fail("sign", e),
             })
-    }
-
-    fn attest(&mut self, slot: Slot) -> Result<Vec<u8>, TokenError> {
-        // Yubico: attestation exists from firmware 4.3; before that the instruction is
-        // unknown (and the crate would report a generic error).
-        if self.info.version < FirmwareVersion::new(4, 3, 0) {
-            return Err(self.unsupported("attestation"));
-        }
-        match piv::attest(&mut self.yk, slot_id(slot)) {
-            Ok(b) => Ok(b.to_vec()),
-            Err(yubikey::Error::NotSupported) => Err(self.unsupported("attestation")),
-            Err(e) => Err(self.fail("attest", e)),
-        }
-    }
-
-    fn attestation_certificate(&mut self) -> Result<Option<Vec<u8>>, TokenError> {
-        if self.info.version < FirmwareVersion::new(4, 3, 0) {
-            return Err(self.unsupported("attestation"));
-        }
-        // Read raw (not through the crate's Certificate, which re-encodes): the signature
-        // check wants the certificate's bytes as Yubico wrote them. Object layout
-        // 53 { 70 <cert> 71 <info> } (SP 800-73-4 Part 1, Table 10).
-        match self.yk.fetch_object(OBJ_F9) {
-            Ok(data) => Ok(find_tlv(&data, 0x70)
-                .filter(|c| !c.is_empty())
-                .map(<[u8]>::to_vec)),
-            Err(yubikey::Error::NotFound) => Ok(None),
-            Err(e) => Err(self.fail("read the F9 attestation certificate", e)),
-        }
     }
 
     fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError> {
@@ -721,6 +747,26 @@ pub fn spki_of_cert(der: &[u8]) -> Option<SubjectPublicKeyInfoOwned> {
     x509_cert::Certificate::from_der(der)
         .ok()
         .map(|c| c.tbs_certificate().subject_public_key_info().clone())
+}
+
+/// The certificate (tag 70, BER length) of a certificate object (SP 800-73-4 Part 1,
+/// Table 10).
+fn certificate_in_object(data: &[u8]) -> Option<Vec<u8>> {
+    let (&tag, rest) = data.split_first()?;
+    if tag != 0x70 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        n @ 0..=0x7f => (usize::from(n), rest),
+        0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0x82 => (
+            usize::from(*rest.first()?) << 8 | usize::from(*rest.get(1)?),
+            rest.get(2..)?,
+        ),
+        _ => return None,
+    };
+    rest.get(..len).map(<[u8]>::to_vec)
 }
 
 #[cfg(test)]

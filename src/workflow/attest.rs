@@ -153,7 +153,8 @@ pub fn attest_key(
         Ok(None)
     };
     let attestation_der = match token.attest(slot) {
-        Ok(d) => d,
+        Ok(Some(d)) => d,
+        Ok(None) => return missing("the token refused to attest the generated key".into()),
         Err(TokenError::NotSupported { .. }) => {
             return missing(format!(
                 "firmware {} cannot attest keys",
@@ -188,7 +189,12 @@ pub fn attest_key(
         Err(
             e @ (AttestationError::PublicKeyMismatch { .. }
             | AttestationError::SerialMismatch { .. }),
-        ) => return Err(Error::Attestation { slot, source: e }),
+        ) => {
+            return Err(Error::Attestation {
+                slot: Some(slot),
+                source: e,
+            })
+        }
         Err(e) => return missing(e.to_string()),
     };
     setup
