@@ -213,6 +213,8 @@ pub struct Context<'a> {
     pub preflight: &'a Preflight,
     /// Attestation bundle and policy; the shipped bundle and no policy when `None`.
     pub attestation: Option<&'a AttestSetup>,
+    /// Refuse certificates whose key usage does not fit the slot (else: a warning).
+    pub strict_usage: bool,
 }
 
 impl Context<'_> {
@@ -341,6 +343,7 @@ pub fn import_issued(
             chain_der: &chain_der,
             anchors_der: &ctx.anchors_der,
             now: SystemTime::now(),
+            strict_usage: ctx.strict_usage,
         },
     )
     .map_err(bad)?;
@@ -352,11 +355,14 @@ pub fn import_issued(
         email: sp.subject.email.as_deref(),
         upn: sp.subject.upn.as_deref(),
     };
-    let warnings: Vec<String> = verify::check_identity(&cert_der, &asked, sp.role)
+    let mut warnings: Vec<String> = verify::check_identity(&cert_der, &asked, sp.role)
         .map_err(bad)?
         .iter()
         .map(|w| w.to_string())
         .collect();
+    // Issue 10 defect 6: a usage the administrator's role chose is reported, not refused
+    // (strict usage refused it in `check` above).
+    warnings.extend(verify::usage_warning(&cert_der, sp.slot, key));
     for w in &warnings {
         log::warn!("slot {}: {w}", sp.slot);
     }

@@ -59,6 +59,7 @@ fn run(
         anchors_der: Vec::new(),
         preflight: &pf,
         attestation: None,
+        strict_usage: false,
     };
     enroll(
         token,

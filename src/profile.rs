@@ -53,6 +53,9 @@ pub struct Profile {
     /// What an attested key must meet before it is sent to Vault (issue 12).
     #[serde(default)]
     pub attestation: crate::attestation::AttestationPolicy,
+    /// Refuse certificates whose key usage does not fit the slot (default: a warning).
+    #[serde(default)]
+    pub strict_usage: bool,
 }
 
 impl Profile {

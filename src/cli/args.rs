@@ -344,6 +344,10 @@ pub struct AttestPolicyArgs {
     /// yubico-piv-tool up to 2.6 wrote it
     #[arg(long)]
     pub csr_attestation_legacy_oid: bool,
+    /// Refuse a certificate whose key usage does not fit the slot (default: a warning;
+    /// the PKI role decides the usages)
+    #[arg(long)]
+    pub strict_usage: bool,
 }
 
 impl AttestPolicyArgs {

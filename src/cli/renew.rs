@@ -189,6 +189,7 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             anchors_der,
             preflight: &preflight,
             attestation: None,
+            strict_usage: false,
         };
         renew::renew(&mut *token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     } else {
@@ -197,6 +198,7 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             anchors_der,
             preflight: &preflight,
             attestation: None,
+            strict_usage: false,
         };
         renew::renew(&mut token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     };

@@ -100,6 +100,7 @@ impl Station<'_> {
             anchors_der: self.anchors_der.clone(),
             preflight: &self.preflight,
             attestation: self.attestation.as_ref(),
+            strict_usage: self.profile.strict_usage,
         };
         self.preflight.check(&ctx, plan.iter().map(|sp| sp.role))?;
         let mut rec = self
@@ -224,6 +225,7 @@ impl StationSlots<'_, '_> {
             chain_der: &self.st.ca_chain_der,
             anchors_der: &ctx.anchors_der,
             now: SystemTime::now(),
+            strict_usage: ctx.strict_usage,
         };
         let Ok(a) = verify::check(der, &want) else {
             return Ok(None);
@@ -354,6 +356,7 @@ impl SlotPolicy for StationSlots<'_, '_> {
                 chain_der: &chain,
                 anchors_der: &ctx.anchors_der,
                 now: SystemTime::now(),
+                strict_usage: ctx.strict_usage,
             };
             match verify::check(&der, &want) {
                 Ok(_) => {
