@@ -509,7 +509,7 @@ pub fn enroll(
 }
 
 mod import;
-mod staged;
+pub mod staged;
 pub use import::{check_issued, import_issued, write_checked};
 
 #[cfg(test)]

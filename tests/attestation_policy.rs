@@ -14,7 +14,12 @@
 //!   `min_firmware = "5.7.0"`: refused, no sign request, the token untouched;
 //! - `attested_pin_policy_refused_after_generation_sends_nothing`: PIN policy left to the
 //!   card (9e's default is `never`), so only the attestation can tell: refused after the
-//!   key was generated, nothing sent to Vault, exit code and message say the token changed.
+//!   key was generated, nothing sent to Vault, exit code and message say the token changed;
+//! - `station_rekey_refused_after_generation_keeps_the_old_key_on_5_7`: an enrolled 5.7.4
+//!   token re-keyed by the station (`--force`) against a form-factor rule only the
+//!   attestation can check: refused with nothing sent to Vault, and 9a still holds its old
+//!   certificate and the old key behind it (a signature through OpenSC verified with that
+//!   certificate), no key left in a retired slot (MOVE KEY staging).
 
 mod common;
 
@@ -383,4 +388,71 @@ fn enroll_csr_carries_the_attestation() {
             .expect("SPKI"),
         csr_key
     );
+}
+
+#[test]
+fn station_rekey_refused_after_generation_keeps_the_old_key_on_5_7() {
+    let vault = audited_vault();
+    let card = card("5.7.4");
+    let dir = tempfile::tempdir().expect("tmp");
+    let chain = exported_chain(&card, "5.7.4", dir.path());
+    let roots = chain.to_str().expect("path");
+    let s = station_setup(card.serial, "[[slot]]\nslot = \"9a\"\n", "");
+    let o = station(&vault, &s, &card, &["--attestation-roots", roots]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let old = run::piv_tool_read_cert(&card.reader, "9a");
+    let signed = signs(&vault).len();
+    let o = vault.bao(&[
+        "kv",
+        "get",
+        "-format=json",
+        &format!("yubikeys/{}", card.serial),
+    ]);
+    let rec: Value = serde_json::from_slice(&o.stdout).expect("record");
+    let rec = &rec["data"]["data"];
+    assert_eq!(rec["schema"], 3, "{rec}");
+    assert_eq!(
+        rec["state"]["slots"]["9a"]["attestation"]["token_serial"], card.serial,
+        "the record carries the attestation: {rec}"
+    );
+    let pin = rec["live"]["pin"]
+        .as_str()
+        .expect("escrowed PIN")
+        .to_string();
+    assert!(run::slot_key_matches_cert(
+        &card.reader,
+        "9a",
+        &pin,
+        dir.path()
+    ));
+
+    let s2 = station_setup(
+        card.serial,
+        "[[slot]]\nslot = \"9a\"\n",
+        "form_factors = [\"usb-c-nano\"]",
+    );
+    let o = station(
+        &vault,
+        &s2,
+        &card,
+        &["--force", "--attestation-roots", roots],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let line = report_line(&s2);
+    let err = line["error"].as_str().unwrap_or_default();
+    assert!(err.contains("form factor"), "{line}");
+    assert_eq!(signs(&vault).len(), signed, "a sign request reached Vault");
+    assert_eq!(run::piv_tool_read_cert(&card.reader, "9a"), old);
+    assert!(
+        run::slot_key_matches_cert(&card.reader, "9a", &pin, dir.path()),
+        "the old key is gone"
+    );
+    let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial)).expect("open");
+    for b in 0x82u8..=0x95 {
+        let slot = yubikey::piv::SlotId::try_from(b).expect("retired slot");
+        assert!(
+            yubikey::piv::metadata(&mut yk, slot).is_err(),
+            "a staged key was left in {b:02x}"
+        );
+    }
 }

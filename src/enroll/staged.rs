@@ -73,3 +73,23 @@ pub fn staging_slot(
     log::warn!("slot {slot}: no free retired slot to stage the new key in; replacing in place");
     Ok(None)
 }
+
+/// The retired slot holding `key`, left there by a run that stopped between the
+/// certificate and MOVE KEY; `None` on firmware without MOVE KEY.
+pub fn find_staged(
+    token: &mut dyn PivToken,
+    key: &spki::SubjectPublicKeyInfoOwned,
+) -> Result<Option<Slot>, Error> {
+    if token.info().version < MOVE_KEY_FIRMWARE {
+        return Ok(None);
+    }
+    for b in (0x82u8..=0x95).rev() {
+        let Some(r) = Slot::from_byte(b) else {
+            continue;
+        };
+        if crate::workflow::slot_holds_key(token, r, key)? {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}

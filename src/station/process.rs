@@ -5,7 +5,7 @@ use super::profile::{vars_of, TokenEntry};
 use super::report::{SlotLine, TokenLine, TokenResult};
 use super::Station;
 use crate::credentials;
-use crate::enroll::{self, Context, Issued, KeyChoice, Observer, SlotPlan};
+use crate::enroll::{self, staged, Context, Issued, KeyChoice, Observer, SlotPlan};
 use crate::error::Error;
 use crate::escrow::{SlotRecord, Versioned};
 use crate::journal::Entry;
@@ -120,6 +120,7 @@ impl Station<'_> {
             rec: &mut rec,
             in_doubt: Vec::new(),
             attested: Default::default(),
+            plan_slots: plan.iter().map(|sp| sp.slot).collect(),
         };
         let out = run_token(token, &ctx, "station", &plan, &pin, &mut policy);
         line.in_doubt = std::mem::take(&mut policy.in_doubt);
@@ -180,6 +181,8 @@ struct StationSlots<'s, 'a> {
     in_doubt: Vec<Slot>,
     /// Attestations of keys generated in this run, recorded with their certificates.
     attested: std::collections::BTreeMap<Slot, crate::workflow::attest::AttestationFacts>,
+    /// The profile's slots (never used to stage a key in).
+    plan_slots: Vec<Slot>,
 }
 
 fn first_der(pem: &str) -> Option<Vec<u8>> {
@@ -345,9 +348,19 @@ impl SlotPolicy for StationSlots<'_, '_> {
             let Some(key) = crate::piv::yubikey::spki_of_cert(&der) else {
                 continue;
             };
-            if current.as_deref() == Some(der.as_slice()) || !slot_holds_key(token, slot, &key)? {
+            if current.as_deref() == Some(der.as_slice()) {
                 continue;
             }
+            // Not in the slot: maybe still staged in a retired slot (a run stopped between
+            // the certificate and MOVE KEY).
+            let staged_in = if slot_holds_key(token, slot, &key)? {
+                None
+            } else {
+                match staged::find_staged(token, &key)? {
+                    Some(r) => Some(r),
+                    None => continue,
+                }
+            };
             let chain = chain_of(&iss);
             let want = Expectation {
                 slot,
@@ -360,6 +373,11 @@ impl SlotPolicy for StationSlots<'_, '_> {
             };
             match verify::check(&der, &want) {
                 Ok(_) => {
+                    if let Some(r) = staged_in {
+                        token.move_key(r, Some(slot))?;
+                        self.journal.set_key(slot, &key)?;
+                        self.save()?;
+                    }
                     self.record_slot(slot, SlotRecord::of(&iss));
                     return Ok(SlotAction::Reimport { key, issued: iss });
                 }
@@ -375,6 +393,11 @@ impl SlotPolicy for StationSlots<'_, '_> {
             if slot_holds_key(token, slot, &k)? {
                 return Ok(SlotAction::Certify(KeyChoice::Existing(k)));
             }
+        }
+        // An occupied slot on firmware 5.7+: make the key elsewhere, move it in once its
+        // certificate is verified, so a refusal leaves the old key (issue 10 defect 6).
+        if let Some(via) = staged::staging_slot(token, slot, &self.plan_slots)? {
+            return Ok(SlotAction::Certify(KeyChoice::Staged(via)));
         }
         Ok(SlotAction::Certify(KeyChoice::Generate))
     }
