@@ -345,7 +345,21 @@ pub fn enroll_slot(
             };
             step(token, obs, sp.slot, Step::Generating(sp.algorithm));
             // DESTRUCTIVE: replaces the private key in `at` (a free slot when staged).
-            let k = token.generate_key(at, sp.algorithm, sp.pin_policy, sp.touch_policy)?;
+            let (pin_policy, touch_policy) = if at == sp.slot {
+                (sp.pin_policy, sp.touch_policy)
+            } else {
+                // MOVE KEY keeps the key's policies: a "default" must be the destination
+                // slot's default (Yubico: 9c always, 9e never, others once; touch never),
+                // not the retired slot's.
+                (
+                    staged::default_pin_policy(sp.slot, sp.pin_policy),
+                    match sp.touch_policy {
+                        TouchPolicy::Default => TouchPolicy::Never,
+                        t => t,
+                    },
+                )
+            };
+            let k = token.generate_key(at, sp.algorithm, pin_policy, touch_policy)?;
             if at == sp.slot {
                 obs.generated(sp.slot, &k)?;
             }

@@ -5,7 +5,18 @@
 //! new key and leaves the slot's old key and certificate as they were.
 
 use crate::error::Error;
-use crate::piv::{FirmwareVersion, PivToken, Slot, TokenError};
+use crate::piv::{FirmwareVersion, PinPolicy, PivToken, Slot, TokenError};
+
+/// The PIN policy a key generated for `slot` gets: `policy`, or the slot's default when
+/// it is "default" (Yubico PIV defaults: 9c always, 9e never, every other slot once).
+pub fn default_pin_policy(slot: Slot, policy: PinPolicy) -> PinPolicy {
+    match (policy, slot) {
+        (PinPolicy::Default, Slot::SIGNATURE) => PinPolicy::Always,
+        (PinPolicy::Default, Slot::CARD_AUTHENTICATION) => PinPolicy::Never,
+        (PinPolicy::Default, _) => PinPolicy::Once,
+        (p, _) => p,
+    }
+}
 
 /// First firmware with MOVE KEY (Yubico, "YubiKey 5.7 firmware": PIV key move/delete).
 pub const MOVE_KEY_FIRMWARE: FirmwareVersion = FirmwareVersion::new(5, 7, 0);
