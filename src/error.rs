@@ -56,6 +56,13 @@ pub enum Error {
     /// certificate. Only a person (the helpdesk, with an enrollment station) can fix it.
     #[error("slot {slot}: cannot log in to Vault with the token's certificate: {reason}")]
     CertLogin { slot: Slot, reason: String },
+    /// The attestation policy refused the token or a key before anything was sent to
+    /// Vault (`slot` is `None` when the whole token is refused).
+    #[error("{}refused by the attestation policy: {refusal}", slot.map(|s| format!("slot {s}: ")).unwrap_or_default())]
+    Policy {
+        slot: Option<Slot>,
+        refusal: crate::attestation::PolicyRefusal,
+    },
     /// An attestation was refused: the check that failed and why (`pivault attest`,
     /// enrollment with attestation). `slot` is `None` when no slot could be attested.
     #[error(
@@ -181,6 +188,11 @@ impl Error {
                  slot {slot} from \"requested\" in {} to request again",
                 journal.display()
             )),
+            Error::Policy { .. } => Some(
+                "nothing was sent to Vault; use a token (or slot settings) the policy allows, \
+                 or change the profile's [attestation] section"
+                    .into(),
+            ),
             Error::AfterChange { source, .. } => Some(match source.hint() {
                 Some(h) if h.contains("again") => format!("the token was changed; {h}"),
                 Some(h) => format!("the token was changed; {h}; then run the same command again"),

@@ -149,6 +149,19 @@ fn built_documents() -> Vec<(&'static str, String)> {
         not_after: Some("2027-12-02T00:00:00Z".into()),
         sha256_fingerprint: Some("ab".repeat(32)),
         vault_warnings: vec!["TTL capped".into()],
+        attestation: Some(pivault::workflow::attest::AttestationFacts {
+            token_serial: Some(12345678),
+            firmware: "5.7.4".into(),
+            pin_policy: "once".into(),
+            touch_policy: "never".into(),
+            form_factor: Some(pivault::attestation::FormFactor::UsbCNano),
+            edition: pivault::attestation::Edition::Standard,
+            root: "Yubico Attestation Root 1".into(),
+            advisories: vec!["YSA-2024-03".into()],
+            attestation_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+                .into(),
+            f9_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n".into(),
+        }),
         error: None,
     };
     let failed = SlotReport {
@@ -162,6 +175,7 @@ fn built_documents() -> Vec<(&'static str, String)> {
         not_after: None,
         sha256_fingerprint: None,
         vault_warnings: Vec::new(),
+        attestation: None,
         error: Some("Vault refused the CSR".into()),
     };
     let enroll = EnrollReport {

@@ -191,6 +191,8 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             issuer: &issuer,
             anchors_der,
             preflight: &preflight,
+            attestation: None,
+            strict_usage: false,
         };
         renew::renew(&mut *token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     } else {
@@ -198,6 +200,8 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             issuer: &issuer,
             anchors_der,
             preflight: &preflight,
+            attestation: None,
+            strict_usage: false,
         };
         renew::renew(&mut token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     };

@@ -169,6 +169,16 @@ pub trait PivToken {
     /// RSA, the whole message for Ed25519. Needs the PIN for most slots.
     fn sign_raw(&mut self, slot: Slot, alg: Algorithm, input: &[u8])
         -> Result<Vec<u8>, TokenError>;
+    /// MOVE KEY (Yubico INS F6, firmware 5.7+): the key in `from` goes to `to`, replacing
+    /// what `to` held; `to = None` deletes it (Yubico "DELETE KEY", P1 FF). Certificate
+    /// objects stay where they are. Needs management-key authentication.
+    fn move_key(&mut self, from: Slot, to: Option<Slot>) -> Result<(), TokenError> {
+        let _ = (from, to);
+        Err(TokenError::NotSupported {
+            what: "moving keys".into(),
+            version: self.info().version.to_string(),
+        })
+    }
     /// DESTRUCTIVE: replaces the slot's certificate object.
     fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError>;
     /// Write CHUID and CCC when absent (OS middleware needs them); true when written.

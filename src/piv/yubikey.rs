@@ -372,6 +372,57 @@ impl YubiKeyToken {
         }
     }
 
+    /// Authenticate again with the management key last accepted.
+    fn reauthenticate(&mut self, op: &'static str) -> Result<(), TokenError> {
+        let k = self
+            .mgm
+            .as_ref()
+            .and_then(|(b, alg)| MgmKey::from_bytes(&**b, Some(mgm_alg_id(*alg))).ok())
+            .ok_or(TokenError::MgmKeyRejected)?;
+        self.yk.authenticate(&k).map_err(|e| self.fail(op, e))
+    }
+
+    /// One command the crate cannot send, on a PC/SC handle of our own (shared, no
+    /// SELECT) in one transaction; the answer's status word.
+    fn raw_command(&self, op: &'static str, apdu: &[u8]) -> Result<u16, TokenError> {
+        let pcsc_err = |e: pcsc::Error| {
+            if is_removed(&e) {
+                TokenError::CardRemoved
+            } else {
+                TokenError::Card {
+                    op,
+                    detail: e.to_string(),
+                }
+            }
+        };
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(pcsc_err)?;
+        let name =
+            std::ffi::CString::new(self.info.reader.clone()).map_err(|_| TokenError::Card {
+                op,
+                detail: "reader name".into(),
+            })?;
+        let mut card = ctx
+            .connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+            .map_err(pcsc_err)?;
+        let sw = {
+            let tx = card.transaction().map_err(pcsc_err)?;
+            let mut buf = [0u8; 258];
+            let r = tx.transmit(apdu, &mut buf).map_err(pcsc_err)?;
+            match r {
+                [.., a, b] => u16::from_be_bytes([*a, *b]),
+                _ => {
+                    return Err(TokenError::Card {
+                        op,
+                        detail: "an answer without status word".into(),
+                    })
+                }
+            }
+        };
+        // Leave the card as it is: the crate's handle goes on with the same session.
+        let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+        Ok(sw)
+    }
+
     fn object_present(&mut self, id: u32) -> Result<bool, TokenError> {
         match self.yk.fetch_object(id) {
             Ok(data) => Ok(!data.is_empty()),
@@ -650,6 +701,42 @@ impl PivToken for YubiKeyToken {
                 },
                 e => self.fail("sign", e),
             })
+    }
+
+    fn move_key(&mut self, from: Slot, to: Option<Slot>) -> Result<(), TokenError> {
+        if self.info.version < FirmwareVersion::new(5, 7, 0) {
+            return Err(self.unsupported("moving keys"));
+        }
+        // The `yubikey` crate 0.9 has no MOVE KEY and lends no card handle, so the APDU
+        // goes through a PC/SC handle of our own on the same reader, inside one PC/SC
+        // transaction. The management-key authentication belongs to the card's PIV
+        // application, not to a handle (SP 800-73-4 Part 2, 3.1.1: only SELECT and reset
+        // clear it), so it holds here; nothing is SELECTed. APDU: 00 F6 <to|FF> <from>.
+        let apdu = [0x00, 0xF6, to.map_or(0xFF, Slot::byte), from.byte()];
+        let sw = self.raw_command("move key", &apdu)?;
+        match sw {
+            0x9000 => Ok(()),
+            // 6982: management key not authenticated (the session was lost): once more
+            // after authenticating through the crate.
+            0x6982 if self.mgm.is_some() => {
+                self.reauthenticate("move key")?;
+                match self.raw_command("move key", &apdu)? {
+                    0x9000 => Ok(()),
+                    sw => Err(TokenError::Card {
+                        op: "move key",
+                        detail: format!("the token answered status {sw:04X}"),
+                    }),
+                }
+            }
+            0x6A88 => Err(TokenError::Card {
+                op: "move key",
+                detail: format!("slot {from} holds no key"),
+            }),
+            sw => Err(TokenError::Card {
+                op: "move key",
+                detail: format!("the token answered status {sw:04X}"),
+            }),
+        }
     }
 
     fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError> {

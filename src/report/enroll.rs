@@ -57,6 +57,9 @@ pub struct SlotReport {
     pub sha256_fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vault_warnings: Vec<String>,
+    /// The verified attestation of a key generated in this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<crate::workflow::attest::AttestationFacts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
