@@ -31,4 +31,7 @@ pub mod vault;
 pub mod verify;
 pub mod workflow;
 
+#[cfg(test)]
+mod parser_props;
+
 pub use error::Error;

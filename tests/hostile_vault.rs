@@ -531,10 +531,20 @@ mod props {
         proptest::collection::vec(any::<char>(), 0..max).prop_map(String::from_iter)
     }
 
+    /// `n` cases, or `PROPTEST_CASES` (scripts/fuzz-parsers); failures are saved in
+    /// proptest-regressions/hostile_vault.txt (kept in the repo, replayed first).
     fn config_cases(n: u32) -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(n);
         ProptestConfig {
-            cases: n,
-            failure_persistence: None,
+            cases,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct(
+                    "proptest-regressions/hostile_vault.txt",
+                ),
+            )),
             ..ProptestConfig::default()
         }
     }
