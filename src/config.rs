@@ -45,10 +45,41 @@ pub struct VaultFile {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let text = read_text(path, "")?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
+}
+
+/// The most a configuration, profile or allow-list file may hold. A station's allow-list
+/// of 10 000 tokens is ~1 MiB; anything larger is a mistake (or /dev/zero), refused before
+/// it is read into memory.
+pub const MAX_CONFIG_FILE: u64 = 4 << 20;
+
+/// Read a configuration file as UTF-8 text, at most [`MAX_CONFIG_FILE`] bytes. `what`
+/// ("profile", "allow-list", or "") names it in the error.
+pub fn read_text(path: &Path, what: &str) -> Result<String, Error> {
+    use std::io::Read;
+    let what = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what} ")
+    };
+    let cannot =
+        |e: std::io::Error| Error::Config(format!("cannot read {what}{}: {e}", path.display()));
+    let f = std::fs::File::open(path).map_err(cannot)?;
+    let mut buf = Vec::new();
+    f.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(cannot)?;
+    if buf.len() as u64 > MAX_CONFIG_FILE {
+        return Err(Error::Config(format!(
+            "{} is larger than {} MiB; not a pivault configuration",
+            path.display(),
+            MAX_CONFIG_FILE >> 20
+        )));
+    }
+    String::from_utf8(buf)
+        .map_err(|_| Error::Config(format!("{} is not UTF-8 text", path.display())))
 }
 
 /// Values given on the command line (all optional).

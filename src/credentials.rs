@@ -172,6 +172,39 @@ enum Known {
     Probe,
 }
 
+#[derive(Clone, Copy)]
+enum Which {
+    Pin,
+    Puk,
+}
+
+/// Which of two values the token holds, told without spending a try: GET METADATA's
+/// "default value" flag for the PIN or PUK (Yubico PIV GET METADATA, firmware 5.3+),
+/// when exactly one of the two is the factory value (the station's rotation from factory
+/// credentials). `Some(true)`: the token holds `new`. `None`: the flag cannot tell (old
+/// firmware, or neither value is the factory one, as in `unblock`'s PUK rotation).
+fn told_by_default_flag(
+    token: &mut dyn PivToken,
+    which: Which,
+    old: Option<&str>,
+    new: &str,
+) -> Result<Option<bool>, Error> {
+    let factory = match which {
+        Which::Pin => FACTORY_PIN,
+        Which::Puk => FACTORY_PUK,
+    };
+    let (old_factory, new_factory) = (old == Some(factory), new == factory);
+    if old.is_none() || old_factory == new_factory {
+        return Ok(None);
+    }
+    let d = token.credential_defaults()?;
+    let flag = match which {
+        Which::Pin => d.pin,
+        Which::Puk => d.puk,
+    };
+    Ok(flag.map(|is_default| is_default == new_factory))
+}
+
 fn incomplete() -> Error {
     Error::Escrow("the escrow record's credentials are incomplete".into())
 }
@@ -192,10 +225,14 @@ fn apply(
         if let Some(new) = &p.pin {
             let old = rec.record.live.pin.clone().ok_or_else(incomplete)?;
             let holds_new = known == Known::Probe
-                && match verify_pin_safely(token, new) {
-                    Ok(()) => true,
-                    Err(Error::Token(TokenError::WrongPin { .. })) => false,
-                    Err(e) => return Err(e),
+                && match told_by_default_flag(token, Which::Pin, Some(old.expose()), new.expose())?
+                {
+                    Some(is_new) => is_new,
+                    None => match verify_pin_safely(token, new) {
+                        Ok(()) => true,
+                        Err(Error::Token(TokenError::WrongPin { .. })) => false,
+                        Err(e) => return Err(e),
+                    },
                 };
             if !holds_new {
                 verify_pin_safely(token, &old)?;
@@ -211,14 +248,26 @@ fn apply(
     if p.puk.is_some() && p.puk != rec.record.live.puk {
         let new = p.puk.clone().ok_or_else(incomplete)?;
         let old = rec.record.live.puk.clone();
-        let holds_new = known == Known::Probe && {
-            puk_attempt_allowed(token)?;
-            match token.change_puk(&new, &new) {
-                Ok(()) => true,
-                Err(TokenError::WrongPuk { .. }) => false,
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let holds_new = known == Known::Probe
+            && match told_by_default_flag(
+                token,
+                Which::Puk,
+                old.as_ref().map(Puk::expose),
+                new.expose(),
+            )? {
+                Some(is_new) => is_new,
+                // No flag to go by: one try of the new PUK (the usual state after a lost
+                // promotion), only while a wrong guess still leaves two tries, so that
+                // the old one can follow without ever spending the last.
+                None => {
+                    puk_attempt_allowed(token)?;
+                    match token.change_puk(&new, &new) {
+                        Ok(()) => true,
+                        Err(TokenError::WrongPuk { .. }) => false,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
         if !holds_new {
             let old = old.ok_or_else(incomplete)?;
             puk_attempt_allowed(token)?;

@@ -114,6 +114,9 @@ pub struct Versioned {
     pub record: Record,
     /// 0 when the record does not exist yet (KV v2 `cas=0` means "create only").
     pub version: u64,
+    /// A write of this record whose answer was lost and could not be read back: if the
+    /// next write finds the record moved on to exactly this, it was this run's own write.
+    unsettled: Option<Box<Record>>,
 }
 
 impl Versioned {
@@ -125,6 +128,7 @@ impl Versioned {
                 ..Default::default()
             },
             version: 0,
+            unsettled: None,
         }
     }
 }
@@ -190,6 +194,7 @@ impl Escrow<'_> {
                 Ok(Some(Versioned {
                     record,
                     version: meta.version,
+                    unsettled: None,
                 }))
             }
         }
@@ -199,35 +204,107 @@ impl Escrow<'_> {
     ///
     /// A write whose answer was lost (a timeout, a failover, or the client's own retry
     /// answered "check-and-set mismatch" because the first attempt had landed) is resolved
-    /// by reading the record back: if it is exactly what was written, the write happened.
+    /// by reading the record back (issue 10 defect 12: it was this run's own write, not
+    /// "another run"):
+    /// - the record is exactly what was written: the write happened;
+    /// - the record is still at the version this write expected (or still absent): the
+    ///   write never reached storage (e.g. a raft leader killed before it committed), so it
+    ///   is sent again, check-and-set keeping it safe against any other writer;
+    /// - anything else: another writer changed the record, an error.
+    ///
+    /// The read-back waits for Vault like any read (up to the client's deadline); when
+    /// even that fails, the write stays in doubt and the next read of the record
+    /// settles it ([`Escrow::write_in_doubt`]).
     pub fn write(&self, rec: &mut Versioned) -> Result<(), Error> {
         rec.record.schema = RECORD_SCHEMA;
         rec.record.updated_at = crate::report::rfc3339(std::time::SystemTime::now());
         rec.record.updated_by = self.by.clone();
         let key = rec.record.serial.to_string();
-        match self.client.kv_write(&key, &rec.record, Some(rec.version)) {
-            Ok(meta) => {
-                rec.version = meta.version;
-                Ok(())
-            }
-            Err(e) if answer_may_be_lost(&e) => {
-                log::warn!("escrow write for {key}: {e}; reading the record back");
-                match self.read(rec.record.serial) {
-                    Ok(Some(back)) if back.record == rec.record => {
-                        log::info!(
-                            "escrow write for {key} had landed (version {})",
-                            back.version
-                        );
-                        rec.version = back.version;
-                        Ok(())
-                    }
-                    _ => Err(e.into()),
+        let mut resent = 0;
+        loop {
+            let e = match self.client.kv_write(&key, &rec.record, Some(rec.version)) {
+                Ok(meta) => {
+                    rec.version = meta.version;
+                    rec.unsettled = None;
+                    return Ok(());
                 }
+                Err(e) if answer_may_be_lost(&e) => e,
+                Err(e) => return Err(e.into()),
+            };
+            log::warn!("escrow write for {key}: {e}; reading the record back");
+            let back = match self.read(rec.record.serial) {
+                Ok(back) => back,
+                Err(read) => {
+                    log::warn!("escrow write for {key}: cannot read it back: {read}");
+                    rec.unsettled = Some(Box::new(rec.record.clone()));
+                    return Err(e.into());
+                }
+            };
+            let unchanged = match &back {
+                Some(b) => b.version == rec.version,
+                None => rec.version == 0,
+            };
+            // Older than what this run wrote itself: the node that answered lags behind
+            // (measured on a 3-node raft cluster after a leader change: a first CAS write
+            // refused and a read-back one version behind, the same write accepted a
+            // moment later). Nothing can be told from it: try again after a pause.
+            let behind = match &back {
+                Some(b) => b.version < rec.version,
+                None => rec.version > 0,
+            };
+            match back {
+                Some(back) if back.record == rec.record => {
+                    log::info!(
+                        "escrow write for {key} had landed (version {})",
+                        back.version
+                    );
+                    rec.version = back.version;
+                    rec.unsettled = None;
+                    return Ok(());
+                }
+                // An earlier write of this run, left in doubt, had landed: build on it.
+                Some(back) if rec.unsettled.as_deref() == Some(&back.record) => {
+                    log::info!(
+                        "escrow write for {key}: an earlier write of this run had landed \
+                         (version {}); sending this one on top of it",
+                        back.version
+                    );
+                    rec.version = back.version;
+                    rec.unsettled = None;
+                }
+                _ if behind => log::info!(
+                    "escrow write for {key}: the record read back is older than this run's \
+                     own version {}; sending it again",
+                    rec.version
+                ),
+                _ if !unchanged => return Err(e.into()),
+                // Unchanged since it was read: the write did not land.
+                _ => log::info!(
+                    "escrow write for {key} did not land (still version {}); sending it again",
+                    rec.version
+                ),
             }
-            Err(e) => Err(e.into()),
+            resent += 1;
+            if resent > MAX_RESEND {
+                return Err(e.into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(resent)));
         }
     }
+
+    /// An escrow write whose outcome is unknown because Vault could not be asked: safe to
+    /// settle by reading the record again once Vault is back (the station waits and
+    /// resumes the token; a re-run does the same).
+    pub fn write_in_doubt(e: &Error) -> bool {
+        matches!(
+            e.cause(),
+            Error::Vault(VaultError::InDoubt { path, .. }) if path.contains("/data/")
+        )
+    }
 }
+
+/// How often a write that provably did not land is sent again in one call.
+const MAX_RESEND: u32 = 5;
 
 fn answer_may_be_lost(e: &VaultError) -> bool {
     matches!(e, VaultError::CasMismatch { .. })

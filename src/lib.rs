@@ -32,4 +32,7 @@ pub mod vault;
 pub mod verify;
 pub mod workflow;
 
+#[cfg(test)]
+mod parser_props;
+
 pub use error::Error;

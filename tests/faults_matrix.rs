@@ -171,8 +171,45 @@ struct Ctx {
     profile: PathBuf,
 }
 
+/// Firmware of the matrix's cards: 5.4.3 by default, so that GET METADATA gives the PUK
+/// retry counter to another client (`run::metadata_tries`); `PIVAULT_MATRIX_FIRMWARE`
+/// overrides (a card without metadata skips the PUK-counter invariant).
+fn matrix_firmware() -> String {
+    std::env::var("PIVAULT_MATRIX_FIRMWARE").unwrap_or_else(|_| "5.4.3".into())
+}
+
+/// Whether firmware `v` ("5.4.3") answers GET METADATA (5.3 and later).
+fn has_metadata(v: &str) -> bool {
+    let mut p = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+    (p.next().unwrap_or(0), p.next().unwrap_or(0)) >= (5, 3)
+}
+
+/// Retry counters at the start of a cell (PUK: `None` when the card cannot tell).
+#[derive(Debug, Clone, Copy)]
+struct Tries {
+    pin: u32,
+    puk: Option<u32>,
+}
+
+impl Tries {
+    const FULL: Tries = Tries {
+        pin: 3,
+        puk: Some(3),
+    };
+
+    fn read(card: &Card) -> Tries {
+        Tries {
+            pin: pin_tries(card),
+            puk: run::metadata_tries(&card.reader, true).ok(),
+        }
+    }
+}
+
 fn prepare(h: &Harness, cmd: Cmd) -> Ctx {
-    let card = Card::start();
+    let card = Card::start_with(common::card::CardOptions {
+        version: Some(matrix_firmware()),
+        ..Default::default()
+    });
     let dir = tempfile::tempdir().expect("tempdir");
     let profile = dir.path().join("station.toml");
     if cmd == Cmd::Station {
@@ -382,7 +419,7 @@ fn run_cell(h: &Harness, cmd: Cmd, point: &Point) -> Cell {
     let t0 = Instant::now();
     let mut ctx = prepare(h, cmd);
     let before = h.issuance();
-    let start_tries = pin_tries(&ctx.card);
+    let start_tries = Tries::read(&ctx.card);
     h.proxy.reset();
     let mut broken = Vec::new();
     let mut reached = false;
@@ -611,7 +648,8 @@ fn check_issuance(cmd: Cmd, after: &Issuance, completed: usize) -> Vec<String> {
 /// The card, read by yubico-piv-tool, OpenSC and openssl: each slot holds a certificate
 /// Vault issued in this cell, that chains to the CA and matches the slot's key; the PIN
 /// retry counter is where it started.
-fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuance) -> Vec<String> {
+fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start: Tries, after: &Issuance) -> Vec<String> {
+    let start_tries = start.pin;
     let mut broken = Vec::new();
     let dir = ctx.dir.path();
     let mut puk = None;
@@ -665,6 +703,20 @@ fn check_card(h: &Harness, cmd: Cmd, ctx: &Ctx, start_tries: u32, after: &Issuan
         broken.push(format!(
             "pin-tries-kept: PIN tries left {tries}, started at {start_tries}"
         ));
+    }
+    // The PUK retry counter, by GET METADATA through opensc-tool (no try spent), before
+    // the check below that may spend one: the harness guesses no PUK wrong on purpose.
+    match (start.puk, run::metadata_tries(&ctx.card.reader, true)) {
+        (Some(s), Ok(now)) if now < s => broken.push(format!(
+            "puk-tries-kept: PUK tries left {now}, started at {s}"
+        )),
+        (Some(_), Err(e)) => broken.push(format!("puk-tries-kept: unreadable: {e}")),
+        // A card with metadata whose counter could not be read at the start: say so
+        // rather than skip the invariant silently.
+        (None, _) if has_metadata(&matrix_firmware()) => {
+            broken.push("puk-tries-kept: unreadable at the start of the cell".into())
+        }
+        _ => {}
     }
     // The escrowed PUK: CHANGE REFERENCE from it to itself (yubico-piv-tool). A wrong PUK
     // costs one of its 3 tries, never the last: the cell is over after this.
@@ -1153,7 +1205,7 @@ fn the_invariant_checks_can_fail() {
     let before = h.issuance();
     // An empty token: every slot check fails.
     let none = h.issuance().since(&before);
-    let broken = check_card(&h, Cmd::Enroll, &ctx, 3, &none);
+    let broken = check_card(&h, Cmd::Enroll, &ctx, Tries::FULL, &none);
     assert_eq!(
         broken
             .iter()
@@ -1168,7 +1220,7 @@ fn the_invariant_checks_can_fail() {
     assert!(o.status.success(), "{}", text(&o));
     let after = h.issuance().since(&before);
     assert!(check_issuance(Cmd::Enroll, &after, 1).is_empty());
-    assert!(check_card(&h, Cmd::Enroll, &ctx, 3, &after).is_empty());
+    assert!(check_card(&h, Cmd::Enroll, &ctx, Tries::FULL, &after).is_empty());
     let o = run::run(command(&h, Cmd::Enroll, &ctx));
     assert!(o.status.success(), "{}", text(&o));
     let twice = h.issuance().since(&before);
@@ -1180,7 +1232,7 @@ fn the_invariant_checks_can_fail() {
     );
     assert!(check_issuance(Cmd::Enroll, &twice, 2).is_empty());
     // A certificate in a slot that Vault did not issue in this cell is caught.
-    let broken = check_card(&h, Cmd::Enroll, &ctx, 3, &after);
+    let broken = check_card(&h, Cmd::Enroll, &ctx, Tries::FULL, &after);
     assert!(
         broken
             .iter()
@@ -1192,9 +1244,29 @@ fn the_invariant_checks_can_fail() {
     let mut c = run::tool("yubico-piv-tool");
     c.args(["-r", &ctx.card.reader, "-a", "verify-pin", "-P", "999999"]);
     let _ = run::run(c);
-    let broken = check_card(&h, Cmd::Enroll, &ctx, 3, &twice);
+    let broken = check_card(&h, Cmd::Enroll, &ctx, Tries::FULL, &twice);
     assert!(
         broken.iter().any(|b| b.starts_with("pin-tries-kept")),
+        "{broken:?}"
+    );
+    // A spent PUK try is caught (read by GET METADATA, no try spent by the check).
+    let mut c = run::tool("yubico-piv-tool");
+    c.args([
+        "-r",
+        &ctx.card.reader,
+        "-a",
+        "change-puk",
+        "-P",
+        "99999999",
+        "-N",
+        "99999999",
+    ]);
+    let _ = run::run(c);
+    let broken = check_card(&h, Cmd::Enroll, &ctx, Tries::FULL, &twice);
+    assert!(
+        broken
+            .iter()
+            .any(|b| b == "puk-tries-kept: PUK tries left 2, started at 3"),
         "{broken:?}"
     );
 }

@@ -493,6 +493,133 @@ fn oversized_answers_are_not_read() {
     assert_eq!(node.count("/sign/"), 1);
 }
 
+// ---- issue 10 defect 12: an escrow write whose answer was lost is settled by reading back --
+
+/// How the KV peer treats the first write of a test.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum FirstWrite {
+    /// Not stored; "check-and-set mismatch" (a raft leader died before committing it, and
+    /// the retry reached a node that had not seen it either).
+    Lost,
+    /// Stored; "check-and-set mismatch" (the retry of a write that had landed).
+    Landed,
+    /// Another writer's record stored instead; "check-and-set mismatch".
+    Other,
+    /// Not stored; mismatch; and the next read answers one version behind (a lagging node).
+    LostAndLagging,
+}
+
+/// A KV v2 peer holding one record of token 4242 at version 3; returns the client, the
+/// peer, and the number of writes it saw.
+fn kv_peer(first: FirstWrite) -> (VaultClient, Peer, Arc<Mutex<usize>>) {
+    let state = Arc::new(Mutex::new((
+        3u64,
+        serde_json::json!({"schema": 2, "serial": 4242, "live": {"pin": "48291375"}}),
+        0usize, // reads after the first write
+    )));
+    let writes = Arc::new(Mutex::new(0usize));
+    let (st, w) = (Arc::clone(&state), Arc::clone(&writes));
+    let node = serve(move |req, _| {
+        if req.path.contains("/login") {
+            return login_answer("3600");
+        }
+        let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
+        let mismatch = || {
+            json(
+                400,
+                r#"{"errors":["check-and-set parameter did not match the current version"]}"#,
+            )
+        };
+        if req.method == "GET" {
+            let written = *w.lock().unwrap_or_else(|e| e.into_inner()) > 0;
+            let lag = first == FirstWrite::LostAndLagging && written && g.2 == 0;
+            if written {
+                g.2 += 1;
+            }
+            let (v, data) = if lag {
+                (
+                    g.0 - 1,
+                    serde_json::json!({"schema": 2, "serial": 4242, "live": {}}),
+                )
+            } else {
+                (g.0, g.1.clone())
+            };
+            return json(
+                200,
+                &serde_json::json!({"data": {"data": data, "metadata": {"version": v}}})
+                    .to_string(),
+            );
+        }
+        let body: serde_json::Value = serde_json::from_slice(&req.body).expect("json body");
+        let mut n = w.lock().unwrap_or_else(|e| e.into_inner());
+        *n += 1;
+        if *n == 1 {
+            match first {
+                FirstWrite::Lost | FirstWrite::LostAndLagging => return mismatch(),
+                FirstWrite::Landed => {
+                    g.0 += 1;
+                    g.1 = body["data"].clone();
+                    return mismatch();
+                }
+                FirstWrite::Other => {
+                    g.0 += 1;
+                    g.1 = serde_json::json!({"schema": 2, "serial": 4242, "updated_by": "someone else"});
+                    return mismatch();
+                }
+            }
+        }
+        if body["options"]["cas"].as_u64() != Some(g.0) {
+            return mismatch();
+        }
+        g.0 += 1;
+        g.1 = body["data"].clone();
+        json(200, &format!(r#"{{"data":{{"version":{}}}}}"#, g.0))
+    });
+    let c = VaultClient::new(config(&[&node.addr])).expect("client");
+    c.login(creds()).expect("login");
+    (c, node, writes)
+}
+
+#[test]
+fn an_escrow_write_whose_answer_was_lost_is_settled_by_reading_it_back() {
+    use pivault::escrow::Escrow;
+    for (first, ok, writes_seen, version) in [
+        // Did not land: the record is still at the version read: sent again, accepted.
+        (FirstWrite::Lost, true, 2, 4),
+        // Landed: the record read back is exactly what was written: done, not sent again.
+        (FirstWrite::Landed, true, 1, 4),
+        // Another writer: an error, nothing overwritten.
+        (FirstWrite::Other, false, 1, 3),
+        // A node one version behind: nothing can be told: asked again, then accepted.
+        (FirstWrite::LostAndLagging, true, 2, 4),
+    ] {
+        let (c, _peer, writes) = kv_peer(first);
+        let esc = Escrow {
+            client: &c,
+            by: "test".into(),
+        };
+        let mut rec = esc.read(4242).expect("read").expect("record");
+        assert_eq!(rec.version, 3);
+        rec.record.live.puk = Some(pivault::secret::Puk::new("73915824"));
+        let r = esc.write(&mut rec);
+        assert_eq!(r.is_ok(), ok, "{first:?}: {r:?}");
+        if let Err(e) = &r {
+            assert!(
+                matches!(e, pivault::Error::Vault(VaultError::CasMismatch { .. })),
+                "{first:?}: {e:?}"
+            );
+        }
+        assert_eq!(
+            *writes.lock().unwrap_or_else(|e| e.into_inner()),
+            writes_seen,
+            "{first:?}"
+        );
+        if ok {
+            assert_eq!(rec.version, version, "{first:?}");
+        }
+    }
+}
+
 // ---- property tests of the parsers of Vault's answers --------------------------------------
 
 mod props {
@@ -531,10 +658,20 @@ mod props {
         proptest::collection::vec(any::<char>(), 0..max).prop_map(String::from_iter)
     }
 
+    /// `n` cases, or `PROPTEST_CASES` (scripts/fuzz-parsers); failures are saved in
+    /// proptest-regressions/hostile_vault.txt (kept in the repo, replayed first).
     fn config_cases(n: u32) -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(n);
         ProptestConfig {
-            cases: n,
-            failure_persistence: None,
+            cases,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct(
+                    "proptest-regressions/hostile_vault.txt",
+                ),
+            )),
             ..ProptestConfig::default()
         }
     }

@@ -579,3 +579,109 @@ fn a_journaled_certificate_that_fails_verification_does_not_block_the_token() {
     assert_eq!(vault.issued_cert_count(), 2, "9a was issued again");
     assert_enrolled(&vault, &card);
 }
+
+/// Issue 10 defect 11: a token pulled and inserted again while its reader's worker is
+/// still busy (here: waiting for a sealed Vault) is worked on once the worker is done,
+/// not dropped. Without that, the station reports one line and waits for its idle exit.
+#[test]
+fn an_insertion_into_a_busy_reader_is_worked_on_after_the_worker() {
+    use std::io::{BufRead, BufReader};
+    let vault = Vault::start();
+    let mut card = Card::start();
+    card.remove();
+    let s = setup(&[card.serial]);
+    let mut c = station_cmd(
+        &vault,
+        &s,
+        &[&card.reader],
+        &[
+            "--max-tokens",
+            "2",
+            "--idle-exit",
+            "40",
+            "--vault-wait",
+            "60",
+        ],
+    );
+    c.stderr(std::process::Stdio::piped());
+    let t0 = std::time::Instant::now();
+    let mut child = c.spawn().expect("station");
+    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    vault.seal();
+    card.insert();
+    let mut seen = String::new();
+    let mut replugged = false;
+    for l in lines {
+        let l = l.expect("line");
+        seen.push_str(&l);
+        seen.push('\n');
+        if !replugged && l.contains("waiting for Vault") {
+            // The worker holds the reader: pull the token and put it back.
+            replugged = true;
+            card.remove();
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            card.insert();
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            vault.unseal();
+        }
+    }
+    let st = child.wait().expect("wait");
+    let took = t0.elapsed();
+    assert!(replugged, "the worker never waited for Vault: {seen}");
+    let r = report_lines(&s.report);
+    assert_eq!(r.len(), 2, "the second insertion was dropped: {seen}");
+    assert!(
+        matches!(
+            r[1]["result"].as_str(),
+            Some("enrolled" | "resumed" | "already-enrolled")
+        ),
+        "{seen}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(40),
+        "ended by --idle-exit, not by the second report: {seen}"
+    );
+    let _ = st;
+    assert_enrolled(&vault, &card);
+}
+
+/// Issue 10 defect 11: a token that cannot be opened for a moment right after it appears
+/// (another PC/SC client holds it exclusively, as after a client died mid-transaction) is
+/// opened again for a few seconds instead of being reported failed.
+#[test]
+fn a_token_held_by_another_client_for_a_moment_is_opened_once_free() {
+    let vault = Vault::start();
+    let card = Card::start();
+    let s = setup(&[card.serial]);
+    // Hold the card exclusively before the station sees it, release after 2 s.
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("pcsc");
+    let name = std::ffi::CString::new(card.reader.clone()).expect("reader name");
+    let held = ctx
+        .connect(&name, pcsc::ShareMode::Exclusive, pcsc::Protocols::ANY)
+        .expect("exclusive connection");
+    let child = station_cmd(
+        &vault,
+        &s,
+        &[&card.reader],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+    )
+    .stderr(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("station");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    drop(held);
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot open the token yet"),
+        "the open was not refused while held: {}",
+        text(&o)
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report_lines(&s.report);
+    assert_eq!(r.len(), 1, "{}", text(&o));
+    assert_eq!(r[0]["result"], "enrolled", "{}", text(&o));
+    assert_enrolled(&vault, &card);
+}

@@ -119,7 +119,7 @@ pub struct StationArgs {
     /// Stop when idle (no token in flight, no reader event) this many seconds
     #[arg(long, value_name = "SECS")]
     pub idle_exit: Option<u64>,
-    /// How long a token waits for an unavailable (sealed, down) Vault before it fails
+    /// How long the station (at start) and each token wait for an unavailable Vault (sealed, down, electing a leader) before giving up
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub vault_wait: u64,
     /// Watch only this reader (exact PC/SC name; repeatable); all readers when absent

@@ -37,10 +37,7 @@ pub(super) fn ask(label: &str, default: Option<&str>) -> Result<String, Error> {
 /// Slot specs and defaults from the profile file and the flags (flags win).
 fn specs_and_defaults(a: &EnrollArgs) -> Result<(Vec<SlotSpec>, Defaults), Error> {
     let prof = match &a.profile {
-        Some(p) => Profile::from_toml(
-            &std::fs::read_to_string(p)
-                .map_err(|e| Error::Config(format!("cannot read profile {}: {e}", p.display())))?,
-        )?,
+        Some(p) => Profile::from_toml(&pivault::config::read_text(p, "profile")?)?,
         None => Profile::default(),
     };
     let mut specs = prof.slots.clone();

@@ -27,9 +27,37 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
     });
     std::fs::create_dir_all(&journal_dir)
         .map_err(|e| Error::Config(format!("journal directory {}: {e}", journal_dir.display())))?;
-    let issuer = super::connect(cli, &a.vault)?;
+    // Vault away at the start (sealed, or a cluster electing a new leader after its old
+    // one died): wait as long as a token would (--vault-wait), telling the operator.
+    let t0 = std::time::Instant::now();
+    let (issuer, ca_chain) = loop {
+        let up = super::connect(cli, &a.vault)
+            .and_then(|issuer| Ok((issuer.client().ca_chain()?, issuer)));
+        match up {
+            Ok((chain, issuer)) => {
+                if t0.elapsed() > Duration::from_secs(1) {
+                    log::warn!(
+                        "station: Vault answered after {} s of waiting",
+                        t0.elapsed().as_secs()
+                    );
+                }
+                break (issuer, chain);
+            }
+            Err(Error::Vault(v))
+                if v.is_unavailable() && t0.elapsed() < Duration::from_secs(a.vault_wait) =>
+            {
+                log::warn!(
+                    "station: waiting for Vault ({} s so far, --vault-wait {}): {v}",
+                    t0.elapsed().as_secs(),
+                    a.vault_wait
+                );
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut ca_chain_der = Vec::new();
-    for pem in issuer.client().ca_chain()? {
+    for pem in ca_chain {
         ca_chain_der.extend(
             pivault::verify::pem_bundle_to_der(&pem)
                 .map_err(|e| Error::Config(format!("Vault's CA chain: {e}")))?,

@@ -247,7 +247,7 @@ fn map_err(op: &'static str, e: yubikey::Error) -> TokenError {
 
 /// Find a BER-TLV value by tag in a flat run of TLVs (one-byte tags; short and 0x81/0x82
 /// long-form lengths, ISO 7816-4 5.2.2).
-fn find_tlv(mut data: &[u8], tag: u8) -> Option<&[u8]> {
+pub(crate) fn find_tlv(mut data: &[u8], tag: u8) -> Option<&[u8]> {
     while data.len() >= 2 {
         let t = data[0];
         let (len, hdr) = match data[1] {

@@ -61,6 +61,10 @@ pub struct TokenLine {
     /// The failure was Vault being unavailable: trying again later may succeed.
     #[serde(skip)]
     pub vault_unavailable: bool,
+    /// The escrow record moved under this run (check-and-set refused, e.g. a lagging
+    /// cluster node right after a leader change): worth one more pass, which reads it again.
+    #[serde(skip)]
+    pub record_moved: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -106,6 +110,7 @@ impl TokenLine {
             error: None,
             in_doubt: Vec::new(),
             vault_unavailable: false,
+            record_moved: false,
         }
     }
 }

@@ -25,7 +25,15 @@ impl Station<'_> {
         let info = token.info().clone();
         let mut line = TokenLine::new(Some(info.serial), &info.reader);
         if let Err(e) = self.process_inner(token, &mut line) {
-            line.vault_unavailable = matches!(e.cause(), Error::Vault(v) if v.is_unavailable());
+            // Vault away, or an escrow write whose answer was lost and that could not be
+            // read back (a leader change): the token waits and the next pass reads the
+            // record, which settles it. A sign in doubt is `Error::InDoubt`, never this.
+            line.vault_unavailable = matches!(e.cause(), Error::Vault(v) if v.is_unavailable())
+                || crate::escrow::Escrow::write_in_doubt(&e);
+            line.record_moved = matches!(
+                e.cause(),
+                Error::Vault(crate::vault::VaultError::CasMismatch { .. })
+            );
             line.result = match e.cause() {
                 Error::Token(TokenError::CardRemoved) => TokenResult::Removed,
                 // Refused before anything on the token changed (after a key was generated

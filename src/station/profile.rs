@@ -102,8 +102,7 @@ struct AllowList {
 impl StationProfile {
     /// Parse and check a profile (and its allow-list) before any token is touched.
     pub fn load(path: &Path) -> Result<(StationProfile, BTreeMap<u32, TokenEntry>), Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let text = crate::config::read_text(path, "")?;
         let p: StationProfile =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         if p.slots.is_empty() {
@@ -130,9 +129,7 @@ impl StationProfile {
             } else {
                 f.clone()
             };
-            let text = std::fs::read_to_string(&f).map_err(|e| {
-                Error::Config(format!("cannot read allow-list {}: {e}", f.display()))
-            })?;
+            let text = crate::config::read_text(&f, "allow-list")?;
             let list: AllowList = toml::from_str(&text)
                 .map_err(|e| Error::Config(format!("{}: {e}", f.display())))?;
             for t in list.token {

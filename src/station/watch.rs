@@ -159,15 +159,42 @@ fn work_on(
     let serial = token.info().serial;
     on_event(&format!("{reader}: serial {serial} working"));
     let t0 = Instant::now();
+    let mut waited = false;
+    let mut moved = 0;
     loop {
         let line = st.process(&mut token);
-        // Vault away: the token waits in its reader and the work resumes (journal +
-        // record, a pending credential change first) when it is back. A request whose
-        // answer was lost is not retried here: it is "in doubt", reported by `process`.
+        if line.record_moved && moved < MAX_RECORD_MOVED && !stop.load(Ordering::SeqCst) {
+            // Read the record again and resume from it (the credentials step probes the
+            // token, so nothing is applied twice); another station really working on this
+            // token keeps failing and is reported after a few passes.
+            moved += 1;
+            on_event(&format!(
+                "{reader}: serial {serial}: {}; reading the record again",
+                line.error.as_deref().unwrap_or("escrow record moved")
+            ));
+            std::thread::sleep(Duration::from_millis(500 * moved));
+            continue;
+        }
+        // Vault away (or an escrow write left in doubt by a leader change): the token
+        // waits in its reader and the work resumes (journal + record, a pending credential
+        // change first) when it is back. A sign whose answer was lost is not retried here:
+        // it is "in doubt", reported by `process`.
         if !line.vault_unavailable || stop.load(Ordering::SeqCst) || t0.elapsed() >= opts.vault_wait
         {
+            if waited {
+                on_event(&format!(
+                    "{reader}: serial {serial} waited {} s for Vault; {}",
+                    t0.elapsed().as_secs(),
+                    if line.vault_unavailable {
+                        "gave up (--vault-wait)"
+                    } else {
+                        "resumed"
+                    }
+                ));
+            }
             return line;
         }
+        waited = true;
         on_event(&format!(
             "{reader}: serial {serial} waiting for Vault: {}",
             line.error.as_deref().unwrap_or("unavailable")
@@ -175,6 +202,9 @@ fn work_on(
         std::thread::sleep(Duration::from_secs(2));
     }
 }
+
+/// How many times a token is worked on again after its escrow record moved under it.
+const MAX_RECORD_MOVED: u64 = 3;
 
 /// How long a just-inserted token may refuse to open before it is reported failed.
 const OPEN_RETRY: Duration = Duration::from_secs(5);

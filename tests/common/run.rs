@@ -285,3 +285,54 @@ pub fn escrow_factory(vault: &super::vault::Vault, card: &super::card::Card, dir
     ]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// PIN and PUK tries left as the card's GET METADATA tells them (Yubico PIV extension,
+/// INS F7, P2 80 / 81; firmware 5.3+), asked with OpenSC's `opensc-tool` — another client,
+/// and no try spent (yubico-piv-tool and Debian's ykman 4.0.9 cannot read the PUK counter).
+/// `Err` when the card has no metadata or the answer cannot be read: never a guess.
+pub fn metadata_tries(reader: &str, puk: bool) -> Result<u32, String> {
+    let mut c = tool("opensc-tool");
+    // SELECT PIV (SP 800-73-4 Part 2, 3.1.1), then GET METADATA.
+    c.args(["-r", reader, "-s", "00A4040009A00000030800001000"]);
+    c.args(["-s", if puk { "00F7008100" } else { "00F7008000" }]);
+    let o = run(c);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let answer = out
+        .split("Sending: 00 F7")
+        .nth(1)
+        .ok_or_else(|| format!("no GET METADATA sent:\n{}", text(&o)))?;
+    let (head, dump) = answer
+        .split_once('\n')
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .ok_or_else(|| format!("no answer:\n{}", text(&o)))?;
+    if !head.contains("SW1=0x90, SW2=0x00") {
+        return Err(format!("GET METADATA refused ({head}):\n{}", text(&o)));
+    }
+    let bytes: Vec<u8> = dump
+        .lines()
+        .take_while(|l| !l.starts_with("Sending"))
+        .flat_map(|l| {
+            l.split_whitespace()
+                .take(16)
+                .take_while(|t| t.len() == 2)
+                .filter_map(|t| u8::from_str_radix(t, 16).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // TLVs: 06 02 <total> <left> (retries).
+    let mut d = bytes.as_slice();
+    while d.len() >= 2 {
+        let (tag, len) = (d[0], usize::from(d[1]));
+        let v = d
+            .get(2..2 + len)
+            .ok_or_else(|| format!("truncated metadata {bytes:02x?}"))?;
+        if tag == 0x06 && len == 2 {
+            return Ok(u32::from(v[1]));
+        }
+        d = &d[2 + len..];
+    }
+    Err(format!(
+        "no retries in metadata {bytes:02x?}:\n{}",
+        text(&o)
+    ))
+}
