@@ -31,6 +31,19 @@ pub struct SlotPlan {
     pub ttl: Option<Ttl>,
 }
 
+impl SlotPlan {
+    /// Whether the slot's key wants the PIN right before each use: PIN policy "always",
+    /// or the default policy of slot 9c (Yubico's defaults: 9c always, 9e never, the
+    /// other slots once per session).
+    pub fn pin_always(&self) -> bool {
+        match self.pin_policy {
+            PinPolicy::Always => true,
+            PinPolicy::Default => self.slot == Slot::SIGNATURE,
+            PinPolicy::Never | PinPolicy::Once => false,
+        }
+    }
+}
+
 /// A whole run on one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -344,10 +357,10 @@ pub fn import_issued(
     for w in &warnings {
         log::warn!("slot {}: {w}", sp.slot);
     }
+    // No read-back: the last PUT DATA of the chain answers 9000 only once the object is
+    // stored (ISO 7816-4 command chaining; SP 800-73-4 part 2, 3.3.2), so reading the
+    // certificate again would cost four APDUs and prove nothing the status word did not.
     token.write_certificate(sp.slot, &cert_der)?;
-    if token.read_certificate(sp.slot)?.as_deref() != Some(cert_der.as_slice()) {
-        return Err(Error::ReadBack { slot: sp.slot });
-    }
     Ok((accepted, warnings))
 }
 
@@ -370,6 +383,8 @@ pub fn enroll_slot(
     key: KeyChoice,
     obs: &mut dyn Observer,
 ) -> Result<(Accepted, Vec<String>), Error> {
+    // A key kept from before may carry another PIN policy than the plan says.
+    let pin_before_use = sp.pin_always() || matches!(key, KeyChoice::Existing(_));
     let key = match key {
         KeyChoice::Generate => {
             step(token, obs, sp.slot, Step::Generating(sp.algorithm));
@@ -382,8 +397,12 @@ pub fn enroll_slot(
         KeyChoice::Existing(k) => k,
     };
     step(token, obs, sp.slot, Step::SigningCsr);
-    // Slots with PIN policy "always" (9c by default) want the PIN right before each use.
-    token.verify_pin(pin)?;
+    // Slots with PIN policy "always" (9c by default) want the PIN right before each use;
+    // the others keep the session's verification (SP 800-73-4 part 1, 4.2; Yubico's PIV
+    // PIN policies).
+    if pin_before_use {
+        token.verify_pin(pin)?;
+    }
     let csr = csr::build_and_sign(token, sp.slot, &key, &sp.subject)?;
     step(token, obs, sp.slot, Step::Requesting(sp.role));
     obs.requesting(sp.slot)?;
@@ -430,6 +449,9 @@ impl SlotPolicy for Generate<'_> {
         _: &SlotPlan,
     ) -> Result<SlotAction, Error> {
         Ok(SlotAction::Certify(KeyChoice::Generate))
+    }
+    fn decide_uses_key(&self) -> bool {
+        false
     }
     fn certified_word(&self) -> crate::report::SlotResult {
         crate::report::SlotResult::Enrolled
