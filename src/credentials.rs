@@ -325,10 +325,13 @@ pub fn unblock(
     next.pin = None; // the user's own PIN is not escrowed
     next.puk = Some(Puk::new(escrow::random_digits(puk_length).as_str()));
     rotate(token, esc, &mut rec, next).map_err(changed)?;
+    // The count before the proving VERIFY: once the PIN is verified, an empty VERIFY
+    // answers 9000 without a count (SP 800-73-4 part 2, 3.2.1).
+    let pin_tries_left = token.pin_retries().map_err(|e| changed(e.into()))?;
     token.verify_pin(new_pin).map_err(|e| changed(e.into()))?;
     Ok(Unblocked {
         token_serial: serial,
-        pin_tries_left: token.pin_retries().map_err(|e| changed(e.into()))?,
+        pin_tries_left,
         puk_rotated: true,
         escrow_version: rec.version,
     })
