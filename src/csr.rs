@@ -7,8 +7,9 @@
 use crate::crypto;
 use crate::piv::{PivToken, Slot, TokenError};
 use const_oid::db::rfc4519;
+use const_oid::ObjectIdentifier;
 use der::{
-    asn1::{Any, BitString, Utf8StringRef},
+    asn1::{Any, BitString, OctetString, Utf8StringRef},
     Decode, Encode, EncodePem,
 };
 use spki::SubjectPublicKeyInfoOwned;
@@ -16,7 +17,7 @@ use x509_cert::{
     attr::{AttributeTypeAndValue, Attributes},
     ext::{
         pkix::{name::GeneralName, SubjectAltName},
-        ToExtension,
+        Extension, ToExtension,
     },
     name::{Name, RdnSequence, RelativeDistinguishedName},
     request::{CertReq, CertReqInfo, ExtensionReq, Version},
@@ -156,12 +157,53 @@ pub struct SignedCsr {
     pub pem: String,
 }
 
+/// Yubico's CSR extensions for attestation (Yubico, "PIV attestation OID arc",
+/// docs.yubico.com/hardware/oid/oid-piv-arc.html): 41482.3.1 carries the slot attestation
+/// certificate and 41482.3.2 the F9 certificate that signed it, each as the extnValue's
+/// DER, inside the request's extensionRequest (RFC 2986 / PKCS #9). yubico-piv-tool up to
+/// 2.6 wrote the attestation under 41482.3.11 instead (its issue #526; .11 is also the
+/// CSPN marker on F9 certificates); `legacy_oid` adds that copy for readers that look there.
+pub const OID_CSR_ATTESTATION: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.1");
+pub const OID_CSR_F9: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.2");
+pub const OID_CSR_ATTESTATION_LEGACY: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.11");
+
+/// The attestation certificates to put into a request.
+#[derive(Debug, Clone, Copy)]
+pub struct CsrAttestation<'a> {
+    pub attestation_der: &'a [u8],
+    pub f9_der: &'a [u8],
+    pub legacy_oid: bool,
+}
+
+impl CsrAttestation<'_> {
+    fn extensions(&self) -> Result<Vec<Extension>, der::Error> {
+        let ext = |oid, der: &[u8]| -> Result<Extension, der::Error> {
+            Ok(Extension {
+                extn_id: oid,
+                critical: false,
+                extn_value: OctetString::new(der)?,
+            })
+        };
+        let mut v = vec![
+            ext(OID_CSR_ATTESTATION, self.attestation_der)?,
+            ext(OID_CSR_F9, self.f9_der)?,
+        ];
+        if self.legacy_oid {
+            v.push(ext(OID_CSR_ATTESTATION_LEGACY, self.attestation_der)?);
+        }
+        Ok(v)
+    }
+}
+
 /// Build the request for `public_key` and have the token in `slot` sign it.
 pub fn build_and_sign(
     token: &mut dyn PivToken,
     slot: Slot,
     public_key: &SubjectPublicKeyInfoOwned,
     subject: &Subject,
+    attestation: Option<&CsrAttestation<'_>>,
 ) -> Result<SignedCsr, CsrError> {
     subject.validate()?;
     let alg = crypto::algorithm_of(public_key)
@@ -170,12 +212,19 @@ pub fn build_and_sign(
 
     let name = subject.name()?;
     let mut attributes = Attributes::new();
+    let mut exts = Vec::new();
     if let Some(email) = &subject.email {
         // RFC 8550 3: an S/MIME certificate names the mailbox in subjectAltName.
         let ia5 = der::asn1::Ia5String::new(email).map_err(enc)?;
         let san = SubjectAltName(vec![GeneralName::Rfc822Name(ia5)]);
-        let ext = (&san).to_extension(&name, &[]).map_err(enc)?;
-        let attr = ExtensionReq(vec![ext]).try_into().map_err(enc)?;
+        exts.push((&san).to_extension(&name, &[]).map_err(enc)?);
+    }
+    if let Some(a) = attestation {
+        exts.extend(a.extensions().map_err(enc)?);
+    }
+    if !exts.is_empty() {
+        // One extensionRequest attribute holds every requested extension (PKCS #9).
+        let attr = ExtensionReq(exts).try_into().map_err(enc)?;
         attributes.insert(attr).map_err(enc)?;
     }
     let info = CertReqInfo {

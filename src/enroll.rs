@@ -11,12 +11,12 @@ use crate::piv::{
 };
 use crate::report::rfc3339;
 use crate::secret::{MgmKeyHex, Pin};
-use crate::verify::{self, Accepted, Expectation};
+use crate::verify::{self, Accepted};
+use crate::workflow::attest::{self, AttestSetup, F9Cache, KeyAttestation};
 pub use crate::workflow::Outcome;
 use crate::workflow::{run_token, Preflight, SlotAction, SlotPolicy};
 use spki::SubjectPublicKeyInfoOwned;
 use std::collections::BTreeSet;
-use std::time::SystemTime;
 
 /// What to put in one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +205,10 @@ pub trait Observer {
     fn issued(&mut self, _slot: Slot, _cert: &Issued) -> Result<(), Error> {
         Ok(())
     }
+    /// The generated key was attested and the attestation passed the policy.
+    fn attested(&mut self, _slot: Slot, _att: &KeyAttestation) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// An observer that does nothing.
@@ -219,6 +223,19 @@ pub struct Context<'a> {
     pub anchors_der: Vec<Vec<u8>>,
     /// Roles already checked with Vault in this run.
     pub preflight: &'a Preflight,
+    /// Attestation bundle and policy; the shipped bundle and no policy when `None`.
+    pub attestation: Option<&'a AttestSetup>,
+    /// Refuse certificates whose key usage does not fit the slot (else: a warning).
+    pub strict_usage: bool,
+}
+
+impl Context<'_> {
+    pub fn attest_setup(&self) -> &AttestSetup {
+        match self.attestation {
+            Some(a) => a,
+            None => AttestSetup::shipped(),
+        }
+    }
 }
 
 /// Verify the PIN (never spending the last try) and authenticate with the management
@@ -306,64 +323,6 @@ pub fn occupant(token: &mut dyn PivToken, slot: Slot) -> Result<Option<String>, 
     }
 }
 
-/// Verify an issued certificate against the key and chain, write it, read it back.
-pub fn import_issued(
-    token: &mut dyn PivToken,
-    ctx: &Context<'_>,
-    sp: &SlotPlan,
-    key: &SubjectPublicKeyInfoOwned,
-    issued: &Issued,
-) -> Result<(Accepted, Vec<String>), Error> {
-    let bad = |source| Error::Verify {
-        slot: sp.slot,
-        source,
-    };
-    let cert_der = verify::pem_bundle_to_der(&issued.certificate_pem)
-        .map_err(bad)?
-        .into_iter()
-        .next()
-        .ok_or(bad(verify::VerifyError::Parse(
-            "no certificate in Vault's answer".into(),
-        )))?;
-    let mut chain_der = Vec::new();
-    for pem in &issued.chain_pem {
-        chain_der.extend(verify::pem_bundle_to_der(pem).map_err(bad)?);
-    }
-    let accepted = verify::check(
-        &cert_der,
-        &Expectation {
-            slot: sp.slot,
-            role: sp.role,
-            public_key: key,
-            chain_der: &chain_der,
-            anchors_der: &ctx.anchors_der,
-            now: SystemTime::now(),
-        },
-    )
-    .map_err(bad)?;
-    // It names exactly what was asked (CN, e-mail, UPN); what the role added beyond the
-    // request (EKUs, SANs) is reported, not refused.
-    let name = sp.subject.name()?;
-    let asked = verify::AskedNames {
-        subject: &name,
-        email: sp.subject.email.as_deref(),
-        upn: sp.subject.upn.as_deref(),
-    };
-    let warnings: Vec<String> = verify::check_identity(&cert_der, &asked, sp.role)
-        .map_err(bad)?
-        .iter()
-        .map(|w| w.to_string())
-        .collect();
-    for w in &warnings {
-        log::warn!("slot {}: {w}", sp.slot);
-    }
-    // No read-back: the last PUT DATA of the chain answers 9000 only once the object is
-    // stored (ISO 7816-4 command chaining; SP 800-73-4 part 2, 3.3.2), so reading the
-    // certificate again would cost four APDUs and prove nothing the status word did not.
-    token.write_certificate(sp.slot, &cert_der)?;
-    Ok((accepted, warnings))
-}
-
 /// How a slot gets its key.
 #[derive(Debug, Clone)]
 pub enum KeyChoice {
@@ -371,6 +330,10 @@ pub enum KeyChoice {
     Generate,
     /// Certify the key already in the slot (renewal with --reuse-key).
     Existing(SubjectPublicKeyInfoOwned),
+    /// Re-key an occupied slot without risking its key (firmware 5.7+, MOVE KEY): generate
+    /// in this free retired slot, and move the key over only once its certificate is
+    /// verified (issue 10 defect 6).
+    Staged(Slot),
 }
 
 /// One slot, end to end. The token must be unlocked (PIN verified, management key
@@ -381,49 +344,95 @@ pub fn enroll_slot(
     sp: &SlotPlan,
     pin: &Pin,
     key: KeyChoice,
+    f9: &mut F9Cache,
     obs: &mut dyn Observer,
 ) -> Result<(Accepted, Vec<String>), Error> {
     // A key kept from before may carry another PIN policy than the plan says.
     let pin_before_use = sp.pin_always() || matches!(key, KeyChoice::Existing(_));
-    let key = match key {
-        KeyChoice::Generate => {
+    let setup = ctx.attest_setup();
+    // Where the new key is made: the slot itself, or a free retired slot to move it from.
+    let (at, key, attested) = match key {
+        KeyChoice::Existing(k) => (sp.slot, k, None),
+        KeyChoice::Generate | KeyChoice::Staged(_) => {
+            let at = match key {
+                KeyChoice::Staged(via) => via,
+                _ => sp.slot,
+            };
             step(token, obs, sp.slot, Step::Generating(sp.algorithm));
-            // DESTRUCTIVE: replaces the slot's private key.
-            let k = token.generate_key(sp.slot, sp.algorithm, sp.pin_policy, sp.touch_policy)?;
-            obs.generated(sp.slot, &k)?;
+            // DESTRUCTIVE: replaces the private key in `at` (a free slot when staged).
+            let (pin_policy, touch_policy) = if at == sp.slot {
+                (sp.pin_policy, sp.touch_policy)
+            } else {
+                // MOVE KEY keeps the key's policies: a "default" must be the destination
+                // slot's default (Yubico: 9c always, 9e never, others once; touch never),
+                // not the retired slot's.
+                (
+                    staged::default_pin_policy(sp.slot, sp.pin_policy),
+                    match sp.touch_policy {
+                        TouchPolicy::Default => TouchPolicy::Never,
+                        t => t,
+                    },
+                )
+            };
+            let k = token.generate_key(at, sp.algorithm, pin_policy, touch_policy)?;
+            if at == sp.slot {
+                obs.generated(sp.slot, &k)?;
+            }
             checkpoint("generate");
-            k
+            // Before anything goes to Vault: the key must be the one attested, and pass
+            // the policy (issue 12, "Policy before signing").
+            let att = staged::or_discard(token, sp.slot, at, |t| {
+                attest::attest_key(t, setup, f9, at, &k)
+            })?;
+            if let Some(a) = &att {
+                obs.attested(sp.slot, a)?;
+            }
+            (at, k, att)
         }
-        KeyChoice::Existing(k) => k,
     };
-    step(token, obs, sp.slot, Step::SigningCsr);
-    // Slots with PIN policy "always" (9c by default) want the PIN right before each use;
-    // the others keep the session's verification (SP 800-73-4 part 1, 4.2; Yubico's PIV
-    // PIN policies).
-    if pin_before_use {
-        token.verify_pin(pin)?;
+    let cert_der = staged::or_discard(token, sp.slot, at, |token| {
+        step(token, obs, sp.slot, Step::SigningCsr);
+        // Slots with PIN policy "always" (9c by default) want the PIN right before each use;
+        // the others keep the session's verification (SP 800-73-4 part 1, 4.2; Yubico's
+        // PIV PIN policies).
+        if pin_before_use {
+            token.verify_pin(pin)?;
+        }
+        let csr_att = attested.as_ref().map(|a| a.for_csr(setup.csr_legacy_oid));
+        let csr = csr::build_and_sign(token, at, &key, &sp.subject, csr_att.as_ref())?;
+        step(token, obs, sp.slot, Step::Requesting(sp.role));
+        obs.requesting(sp.slot)?;
+        let issued = ctx.issuer.issue(
+            sp.role,
+            &csr.pem,
+            &sp.subject,
+            sp.ttl.as_ref().map(Ttl::as_str),
+        )?;
+        // Vault has issued; a crash here is an answer lost before it was recorded.
+        checkpoint("sign-sent");
+        obs.issued(sp.slot, &issued)?;
+        checkpoint("sign");
+        step(token, obs, sp.slot, Step::Importing);
+        check_issued(ctx, sp, &key, &issued)
+    })?;
+    let (cert_der, accepted, warnings) = cert_der;
+    if at != sp.slot {
+        // Verified: only now the slot's old key is replaced (MOVE KEY keeps the policies).
+        token.move_key(at, Some(sp.slot))?;
+        obs.generated(sp.slot, &key)?;
     }
-    let csr = csr::build_and_sign(token, sp.slot, &key, &sp.subject)?;
-    step(token, obs, sp.slot, Step::Requesting(sp.role));
-    obs.requesting(sp.slot)?;
-    let issued = ctx.issuer.issue(
-        sp.role,
-        &csr.pem,
-        &sp.subject,
-        sp.ttl.as_ref().map(Ttl::as_str),
-    )?;
-    // Vault has issued; a crash here is an answer lost before it was recorded.
-    checkpoint("sign-sent");
-    obs.issued(sp.slot, &issued)?;
-    checkpoint("sign");
-    step(token, obs, sp.slot, Step::Importing);
-    import_issued(token, ctx, sp, &key, &issued)
+    write_checked(token, sp.slot, &cert_der)?;
+    Ok((accepted, warnings))
 }
 
 /// `enroll`'s slot policy: a new key in every slot (occupied slots were refused before,
 /// unless --force).
 struct Generate<'o> {
     obs: &'o mut dyn Observer,
+    /// Re-keying occupied slots (--force): stage new keys where firmware allows.
+    force: bool,
+    /// The plan's slots (never used to stage a key in).
+    slots: Vec<Slot>,
 }
 
 impl Observer for Generate<'_> {
@@ -439,15 +448,27 @@ impl Observer for Generate<'_> {
     fn issued(&mut self, slot: Slot, cert: &Issued) -> Result<(), Error> {
         self.obs.issued(slot, cert)
     }
+    fn attested(&mut self, slot: Slot, att: &KeyAttestation) -> Result<(), Error> {
+        self.obs.attested(slot, att)
+    }
 }
 
 impl SlotPolicy for Generate<'_> {
     fn decide(
         &mut self,
-        _: &mut dyn PivToken,
+        token: &mut dyn PivToken,
         _: &Context<'_>,
-        _: &SlotPlan,
+        sp: &SlotPlan,
     ) -> Result<SlotAction, Error> {
+        if self.force {
+            if let Some(via) = staged::staging_slot(token, sp.slot, &self.slots)? {
+                log::info!(
+                    "slot {}: the new key is made in {via} and moved in once certified",
+                    sp.slot
+                );
+                return Ok(SlotAction::Certify(KeyChoice::Staged(via)));
+            }
+        }
         Ok(SlotAction::Certify(KeyChoice::Generate))
     }
     fn decide_uses_key(&self) -> bool {
@@ -474,6 +495,11 @@ pub fn enroll(
 ) -> Result<Outcome, Error> {
     plan.validate()?;
     plan.check_token(token)?;
+    attest::precheck(
+        &ctx.attest_setup().policy,
+        token.info().version,
+        &plan.slots,
+    )?;
     ctx.preflight
         .check(ctx, plan.slots.iter().map(|sp| sp.role))?;
     unlock(token, pin, mgm_alg, ask_mgm)?;
@@ -497,7 +523,11 @@ pub fn enroll(
         "enroll",
         &plan.slots,
         pin,
-        &mut Generate { obs },
+        &mut Generate {
+            obs,
+            force: plan.force,
+            slots: plan.slots.iter().map(|s| s.slot).collect(),
+        },
     );
     if fatal.is_none() && report.slots.iter().any(|s| s.error.is_none()) {
         match token.ensure_chuid_ccc() {
@@ -513,6 +543,10 @@ pub fn enroll(
     report.ok &= fatal.is_none();
     Ok(Outcome { report, fatal })
 }
+
+mod import;
+pub mod staged;
+pub use import::{check_issued, import_issued, write_checked};
 
 #[cfg(test)]
 #[path = "enroll_tests.rs"]

@@ -58,6 +58,8 @@ fn run(
         issuer,
         anchors_der: Vec::new(),
         preflight: &pf,
+        attestation: None,
+        strict_usage: false,
     };
     enroll(
         token,

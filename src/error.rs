@@ -1,6 +1,7 @@
 //! pivault's error type: every failure carries the facts a person needs, and knows which
 //! exit code class it belongs to and what fix to suggest.
 
+use crate::attestation::AttestationError;
 use crate::csr::CsrError;
 use crate::piv::{Slot, TokenError};
 use crate::vault::VaultError;
@@ -53,6 +54,25 @@ pub enum Error {
     /// certificate. Only a person (the helpdesk, with an enrollment station) can fix it.
     #[error("slot {slot}: cannot log in to Vault with the token's certificate: {reason}")]
     CertLogin { slot: Slot, reason: String },
+    /// The attestation policy refused the token or a key before anything was sent to
+    /// Vault (`slot` is `None` when the whole token is refused).
+    #[error("{}refused by the attestation policy: {refusal}", slot.map(|s| format!("slot {s}: ")).unwrap_or_default())]
+    Policy {
+        slot: Option<Slot>,
+        refusal: crate::attestation::PolicyRefusal,
+    },
+    /// An attestation was refused: the check that failed and why (`pivault attest`,
+    /// enrollment with attestation). `slot` is `None` when no slot could be attested.
+    #[error(
+        "{}attestation refused ({} check): {source}",
+        slot.map(|s| format!("slot {s}: ")).unwrap_or_default(),
+        source.check()
+    )]
+    Attestation {
+        slot: Option<Slot>,
+        #[source]
+        source: AttestationError,
+    },
     /// Some slots of a token failed (each is in the report).
     #[error("{0}")]
     Incomplete(String),
@@ -141,6 +161,7 @@ impl Error {
                  renewal needs a certificate that is still valid)"
                     .into(),
             ),
+            Error::Attestation { source, .. } => Some(source.hint().into()),
             Error::SlotOccupied { slot, .. } => Some(format!(
                 "check `pivault status`; to replace slot {slot}, run again with --force"
             )),
@@ -165,6 +186,11 @@ impl Error {
                  slot {slot} from \"requested\" in {} to request again",
                 journal.display()
             )),
+            Error::Policy { .. } => Some(
+                "nothing was sent to Vault; use a token (or slot settings) the policy allows, \
+                 or change the profile's [attestation] section"
+                    .into(),
+            ),
             Error::AfterChange { source, .. } => Some(match source.hint() {
                 Some(h) if h.contains("again") => format!("the token was changed; {h}"),
                 Some(h) => format!("the token was changed; {h}; then run the same command again"),

@@ -14,8 +14,11 @@ use zeroize::Zeroize;
 
 /// Version of the record layout. 1: credentials as plain strings, `state` free-form JSON
 /// with the issued certificates only. 2: the same field names, typed, and each slot's
-/// certificate facts (serial, fingerprint, not-after) beside its PEM.
-pub const RECORD_SCHEMA: u32 = 2;
+/// certificate facts (serial, fingerprint, not-after) beside its PEM. 3: a slot may carry
+/// the verified attestation of its key (`state.slots.<slot>.attestation`); nothing else
+/// changed, so 2 reads as 3 unchanged. The bump keeps a pivault that knows only 2 from
+/// rewriting a record and silently dropping the attestation (it refuses newer schemas).
+pub const RECORD_SCHEMA: u32 = 3;
 
 /// A set of credentials. Fields are `None` when unknown (e.g. a PIN the user chose).
 /// `Debug` shows only whether a secret is present (the secret types redact themselves).
@@ -45,6 +48,9 @@ pub struct SlotRecord {
     pub serial: String,
     pub sha256_fingerprint: String,
     pub not_after: String,
+    /// The key's attestation, verified when the key was generated (schema 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<crate::workflow::attest::AttestationFacts>,
 }
 
 impl SlotRecord {
@@ -61,6 +67,7 @@ impl SlotRecord {
             serial: a.serial_hex,
             sha256_fingerprint: a.sha256,
             not_after: crate::report::rfc3339(a.not_after),
+            attestation: None,
         })
     }
 

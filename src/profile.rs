@@ -47,6 +47,15 @@ pub struct Profile {
     pub ttl: Option<Ttl>,
     #[serde(default, rename = "slot")]
     pub slots: Vec<SlotSpec>,
+    /// Attestation bundle replacing the shipped Yubico one; `--attestation-roots` wins.
+    #[serde(default)]
+    pub attestation_roots: Option<std::path::PathBuf>,
+    /// What an attested key must meet before it is sent to Vault (issue 12).
+    #[serde(default)]
+    pub attestation: crate::attestation::AttestationPolicy,
+    /// Refuse certificates whose key usage does not fit the slot (default: a warning).
+    #[serde(default)]
+    pub strict_usage: bool,
 }
 
 impl Profile {

@@ -4,8 +4,36 @@ use crate::piv::{Algorithm, FirmwareVersion, Role, Slot};
 use serde::Serialize;
 use std::time::SystemTime;
 
-/// Version of the JSON output schema; bump on any incompatible change.
+pub mod error;
+
+/// Version of the JSON output schema, shared by every `--json` document. Additive changes
+/// (a new optional field, a new kind, a new enum value a reader may ignore) keep it; a
+/// removed or renamed field, a changed type or meaning bumps it (README: JSON output).
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// A `--json` document. Its `kind` names its JSON Schema, `schemas/<kind>.schema.json`.
+pub trait Document: Serialize {
+    fn kind(&self) -> &'static str;
+}
+
+/// `{"schema": SCHEMA_VERSION, "kind": …, <the document's fields>}`: the two fields every
+/// document starts with are written here, once.
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    schema: u32,
+    kind: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// A document as one line of JSON.
+pub fn to_json<T: Document>(doc: &T) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&Envelope {
+        schema: SCHEMA_VERSION,
+        kind: doc.kind(),
+        body: doc,
+    })
+}
 
 pub fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
@@ -65,6 +93,9 @@ pub struct SlotReport {
     pub sha256_fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vault_warnings: Vec<String>,
+    /// The verified attestation of a key generated in this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<crate::workflow::attest::AttestationFacts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -126,3 +157,5 @@ impl EnrollReport {
         s
     }
 }
+
+pub mod attest;

@@ -133,6 +133,32 @@ pub struct Expectation<'a> {
     /// of the root Vault sent.
     pub anchors_der: &'a [Vec<u8>],
     pub now: SystemTime,
+    /// Refuse a key usage that does not fit the slot. Off by default: the administrator's
+    /// role decides the usages (an S/MIME role may issue digitalSignature +
+    /// contentCommitment for 9d), and pivault reports the mismatch as a warning
+    /// ([`usage_warning`]) instead of refusing a certificate Vault already issued.
+    pub strict_usage: bool,
+}
+
+/// The key-usage mismatch of `cert_der` for `slot`, as a warning line; `None` when it fits
+/// (or the certificate has no keyUsage, which allows every use: RFC 5280 4.2.1.3).
+pub fn usage_warning(
+    cert_der: &[u8],
+    slot: Slot,
+    key: &SubjectPublicKeyInfoOwned,
+) -> Option<String> {
+    let cert = Certificate::from_der(cert_der).ok()?;
+    let alg = crate::crypto::algorithm_of(key).unwrap_or(Algorithm::P256);
+    let Ok(Some(ku)) = cert.tbs_certificate().get_extension::<KeyUsage>() else {
+        return None;
+    };
+    let (needed, text) = needed_usages(slot, alg);
+    (!needed.iter().any(|u| ku.1 .0.contains(*u))).then(|| {
+        format!(
+            "the certificate's key usage does not allow {text} for slot {slot} (the PKI \
+             role decides; use strict usage to refuse such certificates)"
+        )
+    })
 }
 
 /// Facts about an accepted certificate, for reports.
@@ -188,7 +214,7 @@ pub fn check(cert_der: &[u8], want: &Expectation<'_>) -> Result<Accepted, Verify
     }
 
     let alg = crate::crypto::algorithm_of(want.public_key).unwrap_or(Algorithm::P256);
-    if let Ok(Some(ku)) = tbs.get_extension::<KeyUsage>() {
+    if let (true, Ok(Some(ku))) = (want.strict_usage, tbs.get_extension::<KeyUsage>()) {
         let (needed, text) = needed_usages(want.slot, alg);
         if !needed.iter().any(|u| ku.1 .0.contains(*u)) {
             return Err(VerifyError::KeyUsage {

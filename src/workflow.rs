@@ -14,6 +14,9 @@ use spki::SubjectPublicKeyInfoOwned;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+pub mod attest;
+use attest::{AttestationFacts, F9Cache, KeyAttestation};
+
 /// Roles whose sign path Vault already accepted: one pre-flight request per role per run
 /// (a station run covers many tokens).
 #[derive(Debug, Default)]
@@ -99,6 +102,7 @@ struct Recorder<'p> {
     warnings: Vec<String>,
     /// A key was generated (the slot's old key is gone).
     generated: bool,
+    attestation: Option<AttestationFacts>,
 }
 
 impl Observer for Recorder<'_> {
@@ -111,6 +115,10 @@ impl Observer for Recorder<'_> {
     }
     fn requesting(&mut self, slot: Slot) -> Result<(), Error> {
         self.inner.requesting(slot)
+    }
+    fn attested(&mut self, slot: Slot, att: &KeyAttestation) -> Result<(), Error> {
+        self.attestation = Some(att.facts());
+        self.inner.attested(slot, att)
     }
     fn issued(&mut self, slot: Slot, cert: &Issued) -> Result<(), Error> {
         // "the common_name field was provided but the role is set with use_csr_common_name":
@@ -135,7 +143,8 @@ fn one_slot(
     pin: &Pin,
     policy: &mut dyn SlotPolicy,
     changed: &mut bool,
-) -> Result<(SlotResult, Accepted, Vec<String>), Error> {
+    f9: &mut F9Cache,
+) -> Result<Done, Error> {
     // Deciding may sign a test challenge with the slot's key (PIN policy "always" slots
     // want the PIN right before each use). The session's PIN verification (unlock) lasts
     // for every other use: one VERIFY per session is the APDU floor (BENCHMARKS.md).
@@ -143,12 +152,12 @@ fn one_slot(
         token.verify_pin(pin)?;
     }
     match policy.decide(token, ctx, sp)? {
-        SlotAction::Keep(a) => Ok((SlotResult::Kept, a, Vec::new())),
+        SlotAction::Keep(a) => Ok((SlotResult::Kept, a, Vec::new(), None)),
         SlotAction::Reimport { key, issued } => {
             *changed = true; // the write may have happened even if it then fails
             let (a, warnings) = enroll::import_issued(token, ctx, sp, &key, &issued)?;
             checkpoint("import");
-            Ok((SlotResult::Reimported, a, warnings))
+            Ok((SlotResult::Reimported, a, warnings, None))
         }
         SlotAction::Certify(choice) => {
             let word = policy.certified_word();
@@ -156,17 +165,21 @@ fn one_slot(
                 inner: policy,
                 warnings: Vec::new(),
                 generated: false,
+                attestation: None,
             };
-            let r = enroll::enroll_slot(token, ctx, sp, pin, choice, &mut rec);
+            let r = enroll::enroll_slot(token, ctx, sp, pin, choice, f9, &mut rec);
             *changed |= rec.generated;
             let (a, mut warnings) = r?;
             *changed = true;
             checkpoint("import");
             rec.warnings.append(&mut warnings);
-            Ok((word, a, rec.warnings))
+            Ok((word, a, rec.warnings, rec.attestation))
         }
     }
 }
+
+/// A slot done: the report's word, the accepted certificate, warnings, attestation.
+type Done = (SlotResult, Accepted, Vec<String>, Option<AttestationFacts>);
 
 /// The result of a token's run: the report, and the error that stopped it early, if any.
 pub struct Outcome {
@@ -197,11 +210,16 @@ pub fn run_token(
     };
     let mut fatal = None;
     let mut changed = false;
+    let mut f9 = F9Cache::default();
     for sp in slots {
-        let r = one_slot(token, ctx, sp, pin, policy, &mut changed)
-            .and_then(|(word, a, w)| policy.finished(sp, &a).map(|()| (word, a, w)));
+        let r = one_slot(token, ctx, sp, pin, policy, &mut changed, &mut f9)
+            .and_then(|d| policy.finished(sp, &d.1).map(|()| d));
         match r {
-            Ok((word, a, warnings)) => report.slots.push(slot_report(sp, word, &a, &warnings)),
+            Ok((word, a, warnings, att)) => {
+                let mut r = slot_report(sp, word, &a, &warnings);
+                r.attestation = att;
+                report.slots.push(r)
+            }
             Err(e) => {
                 report.slots.push(failed_report(sp, &e));
                 if !slot_local(&e) {
@@ -243,6 +261,7 @@ pub fn slot_report(
         not_after: Some(crate::report::rfc3339(a.not_after)),
         sha256_fingerprint: Some(a.sha256.clone()),
         vault_warnings: warnings.to_vec(),
+        attestation: None,
         error: None,
     }
 }
@@ -259,6 +278,7 @@ pub fn failed_report(sp: &SlotPlan, e: &Error) -> SlotReport {
         not_after: None,
         sha256_fingerprint: None,
         vault_warnings: Vec::new(),
+        attestation: None,
         error: Some(e.to_string()),
     }
 }

@@ -10,6 +10,15 @@ use common::vault::{Vault, VaultOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// One test at a time: the pipeline peer's ykman (4.0.9) enumerates every reader, which
+/// SELECTs other cards and would add to their counts. (Another checkout's ykman on the
+/// same rig can still do so: a count far above the floor with extra SELECTs is that.)
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn ins_name(ins: u8) -> &'static str {
     match ins {
         0xA4 => "SELECT",
@@ -82,6 +91,7 @@ fn enroll_counts(vault: &Vault, slots: &[&str]) -> (u64, BTreeMap<u8, u64>, Vec<
 
 #[test]
 fn enroll_apdus_by_instruction_at_the_floor() {
+    let _one = one_at_a_time();
     let vault = Vault::start_with(VaultOptions {
         audit: true,
         ..Default::default()
@@ -94,8 +104,25 @@ fn enroll_apdus_by_instruction_at_the_floor() {
     eprintln!("  Vault requests: {four_reqs:?}");
     // The floor (BENCHMARKS.md): one SELECT, one VERIFY, one mutual authentication per
     // session; per slot GENERATE, the on-card signature, the certificate's PUT DATA chain.
-    assert!(four <= 4 * 7, "{four} APDUs for 4 slots: {four_ins:?}");
-    assert!(one <= 18, "{one} APDUs for 1 slot: {one_ins:?}");
+    // Attestation before signing (issue 12, h-policy) is a promise of its own, on top of
+    // the floor: per slot ATTEST and one GET RESPONSE (the crate's short Le), per session
+    // the F9 certificate (GET DATA and two GET RESPONSE).
+    let attest = |ins: &BTreeMap<u8, u64>| {
+        let n = ins.get(&0xF9).copied().unwrap_or(0);
+        if n > 0 {
+            2 * n + 3
+        } else {
+            0
+        }
+    };
+    assert!(
+        four - attest(&four_ins) <= 4 * 7,
+        "{four} APDUs for 4 slots: {four_ins:?}"
+    );
+    assert!(
+        one - attest(&one_ins) <= 15,
+        "{one} APDUs for 1 slot: {one_ins:?}"
+    );
 }
 
 /// A station profile for one token and four P-256 slots (the contract's default roles).
@@ -140,6 +167,7 @@ slot = "9e"
 
 #[test]
 fn station_vault_requests_per_token_at_the_floor() {
+    let _one = one_at_a_time();
     let vault = Vault::start_with(VaultOptions {
         audit: true,
         ..Default::default()
@@ -238,6 +266,7 @@ fn peer_counts(vault: &Vault, cmd: &mut PeerCmd<'_>) -> (u64, BTreeMap<u8, u64>,
 /// (scripts/ykman-conformance makes it).
 #[test]
 fn peers_apdus_and_vault_requests() {
+    let _one = one_at_a_time();
     let home = std::env::var("HOME").unwrap_or_default();
     let py = Path::new(&home).join(".cache/pivault/ykman-5.9.2/bin/python");
     if !py.exists() {

@@ -162,6 +162,7 @@ fn a_certificate_naming_someone_else_is_refused() {
             chain_der: &chain,
             anchors_der: &[],
             now: SystemTime::now(),
+            strict_usage: true,
         },
     )
     .expect("key, chain and usage are fine");

@@ -33,6 +33,7 @@ mod policy;
 pub mod sig;
 #[cfg(test)]
 mod tests;
+mod token;
 mod types;
 
 pub use bundle::{BundleError, TrustBundle, DEFAULT_BUNDLE_PEM};
@@ -40,6 +41,7 @@ use ext::Extensions;
 pub use policy::{
     advisories, advisories_for, parse_firmware, Advisory, AttestationPolicy, PolicyRefusal,
 };
+pub use token::{attest_slot, attest_token, SlotFinding};
 pub use types::{Edition, FormFactor, KeyAlgorithm};
 
 use crate::piv::{FirmwareVersion, PinPolicy, Slot, TouchPolicy};
@@ -145,6 +147,58 @@ pub enum AttestationError {
     SerialNotAttested(FirmwareVersion),
     #[error("{which}: the chain to a root is longer than {MAX_ISSUERS} certificates")]
     ChainTooLong { which: Which },
+    #[error("the attestation is for slot {attested}, not slot {asked}")]
+    SlotMismatch { asked: String, attested: String },
+    #[error("slot {slot} has no attestation: {why}")]
+    NotAttested { slot: String, why: String },
+    #[error(
+        "the token has no F9 attestation certificate (object 5FFF01): it cannot prove where \
+         its keys were made"
+    )]
+    NoF9Certificate,
+}
+
+impl AttestationError {
+    /// The check that failed, one word (the `check` of `pivault attest --json`).
+    pub fn check(&self) -> &'static str {
+        use AttestationError as E;
+        match self {
+            E::Malformed { .. } | E::MalformedExtension { .. } | E::MissingExtension { .. } => {
+                "format"
+            }
+            E::IssuerMismatch { .. } | E::ChainTooLong { .. } => "chain",
+            E::UnsupportedAlgorithm { .. } | E::BadSignature { .. } => "signature",
+            E::UnknownRoot { .. } => "root",
+            E::Expired { .. } | E::NotYetValid { .. } => "validity",
+            E::ExtensionMismatch { .. } => "extensions",
+            E::UnsupportedKey(_) => "key-type",
+            E::PublicKeyMismatch { .. } => "public-key",
+            E::SerialMismatch { .. } | E::SerialNotAttested(_) => "serial",
+            E::SlotMismatch { .. } => "slot",
+            E::NotAttested { .. } => "attested",
+            E::NoF9Certificate => "f9",
+        }
+    }
+
+    /// What a person can do about it.
+    pub fn hint(&self) -> &'static str {
+        use AttestationError as E;
+        match self {
+            E::UnknownRoot { .. } => {
+                "if this is a genuine YubiKey, update pivault or give Yubico's current \
+                 roots with --attestation-roots FILE; otherwise the token is not a YubiKey"
+            }
+            E::NotAttested { .. } => {
+                "only keys generated on the token can be attested: generate the key on the \
+                 token (pivault enroll) instead of importing it"
+            }
+            E::Expired { .. } | E::NotYetValid { .. } => "check this machine's clock",
+            _ => {
+                "the token's attestation is not genuine or not for this key: do not trust \
+                 keys from this token; keep it aside for inspection"
+            }
+        }
+    }
 }
 
 /// What a verified attestation proves about a key.

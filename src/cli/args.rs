@@ -56,6 +56,8 @@ pub enum Command {
     Unblock(Box<UnblockArgs>),
     /// Provisioning station: watch readers, enroll inserted tokens per a profile, escrow credentials
     Station(Box<StationArgs>),
+    /// Verify the token's attestation of its keys (Yubico's chain) and show what it proves
+    Attest(Box<AttestArgs>),
     /// Print a shell completion script (bash, zsh or fish) on stdout
     Completions {
         #[arg(value_enum)]
@@ -68,6 +70,20 @@ pub enum Command {
         dir: PathBuf,
     },
 }
+
+// --- `pivault attest` (h-attest) ---
+#[derive(Debug, Args, Clone, Default)]
+pub struct AttestArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Only this slot (repeatable) [default: every slot holding a key]
+    #[arg(long = "slot", value_parser = parse::<Slot>)]
+    pub slots: Vec<Slot>,
+    /// Trusted attestation roots and intermediates (PEM) instead of Yubico's shipped bundle
+    #[arg(long, value_name = "FILE")]
+    pub attestation_roots: Option<PathBuf>,
+}
+// --- end `pivault attest` ---
 
 /// Shells `pivault completions` writes for.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -109,6 +125,10 @@ pub struct StationArgs {
     /// Re-key slots whose certificate already fits the profile (they are kept otherwise)
     #[arg(long)]
     pub force: bool,
+    /// Attestation roots (PEM) replacing the shipped Yubico bundle and the profile's
+    /// attestation_roots
+    #[arg(long, value_name = "FILE")]
+    pub attestation_roots: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -274,4 +294,82 @@ pub struct EnrollArgs {
     /// Do not ask for confirmation on a terminal
     #[arg(long, short = 'y')]
     pub yes: bool,
+    #[command(flatten)]
+    pub attestation: AttestPolicyArgs,
+}
+
+// ---- h-policy: attestation policy flags (issue 12, "Policy before signing") ----
+
+/// A firmware version flag, e.g. 5.7.0.
+fn parse_firmware(s: &str) -> Result<pivault::piv::FirmwareVersion, String> {
+    pivault::attestation::parse_firmware(s)
+}
+
+/// A form factor name as in the profile: usb-a-keychain, usb-c-nano, usb-c-bio, ...
+fn parse_form_factor(s: &str) -> Result<pivault::attestation::FormFactor, String> {
+    serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| {
+        format!(
+            "form factor '{s}': use usb-a-keychain, usb-a-nano, usb-c-keychain, usb-c-nano, \
+             usb-c-lightning, usb-a-bio or usb-c-bio"
+        )
+    })
+}
+
+/// What a generated key's attestation must show before it is sent to Vault; each flag
+/// replaces the profile's `[attestation]` setting of the same name.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AttestPolicyArgs {
+    /// Refuse a key without a verified attestation (checked before Vault is asked)
+    #[arg(long)]
+    pub require_attestation: bool,
+    /// Refuse tokens whose firmware is older, e.g. 5.7.0
+    #[arg(long, value_name = "VERSION", value_parser = parse_firmware)]
+    pub min_firmware: Option<pivault::piv::FirmwareVersion>,
+    /// Allowed PIN policy of the attested key, repeatable: never, once, always
+    #[arg(long = "pin-policy-allowed", value_name = "POLICY", value_parser = parse::<PinPolicy>)]
+    pub pin_policy_allowed: Vec<PinPolicy>,
+    /// Allowed touch policy of the attested key, repeatable: never, always, cached
+    #[arg(long = "touch-policy-allowed", value_name = "POLICY", value_parser = parse::<TouchPolicy>)]
+    pub touch_policy_allowed: Vec<TouchPolicy>,
+    /// Allowed form factor, repeatable: usb-a-keychain, usb-c-nano, ...
+    #[arg(long = "form-factor", value_name = "NAME", value_parser = parse_form_factor)]
+    pub form_factors: Vec<pivault::attestation::FormFactor>,
+    /// Require a FIPS edition token
+    #[arg(long)]
+    pub fips: bool,
+    /// Attestation roots (PEM) replacing the shipped Yubico bundle
+    #[arg(long, value_name = "FILE")]
+    pub attestation_roots: Option<PathBuf>,
+    /// Also put the attestation under 1.3.6.1.4.1.41482.3.11 in the request, where
+    /// yubico-piv-tool up to 2.6 wrote it
+    #[arg(long)]
+    pub csr_attestation_legacy_oid: bool,
+    /// Refuse a certificate whose key usage does not fit the slot (default: a warning;
+    /// the PKI role decides the usages)
+    #[arg(long)]
+    pub strict_usage: bool,
+}
+
+impl AttestPolicyArgs {
+    /// The profile's policy with these flags applied over it.
+    pub fn over(
+        &self,
+        mut p: pivault::attestation::AttestationPolicy,
+    ) -> pivault::attestation::AttestationPolicy {
+        p.require |= self.require_attestation;
+        p.fips_only |= self.fips;
+        if self.min_firmware.is_some() {
+            p.min_firmware = self.min_firmware;
+        }
+        if !self.pin_policy_allowed.is_empty() {
+            p.allowed_pin_policies = self.pin_policy_allowed.clone();
+        }
+        if !self.touch_policy_allowed.is_empty() {
+            p.allowed_touch_policies = self.touch_policy_allowed.clone();
+        }
+        if !self.form_factors.is_empty() {
+            p.form_factors = self.form_factors.clone();
+        }
+        p
+    }
 }

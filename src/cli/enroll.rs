@@ -8,6 +8,7 @@ use pivault::piv::yubikey::YubiKeyToken;
 use pivault::piv::{PivToken, Slot};
 use pivault::profile::{self, Defaults, Profile, SlotSpec};
 use pivault::secret::MgmKeyHex;
+use pivault::workflow::attest::AttestSetup;
 use pivault::Error;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -69,6 +70,23 @@ fn specs_and_defaults(a: &EnrollArgs) -> Result<(Vec<SlotSpec>, Defaults), Error
         upn: a.upn.clone().or(prof.upn),
     };
     Ok((specs, defaults))
+}
+
+/// The attestation bundle and policy (the profile's `[attestation]`, flags over it), and
+/// whether usage mismatches are refused (`strict_usage` in the profile, or the flag).
+fn attest_setup(a: &EnrollArgs) -> Result<(AttestSetup, bool), Error> {
+    let prof = match &a.profile {
+        Some(p) => Profile::from_toml(
+            &std::fs::read_to_string(p)
+                .map_err(|e| Error::Config(format!("cannot read profile {}: {e}", p.display())))?,
+        )?,
+        None => Profile::default(),
+    };
+    let f = &a.attestation;
+    let roots = f.attestation_roots.clone().or(prof.attestation_roots);
+    let mut s = AttestSetup::load(roots.as_deref(), f.over(prof.attestation))?;
+    s.csr_legacy_oid = f.csr_attestation_legacy_oid;
+    Ok((s, f.strict_usage || prof.strict_usage))
 }
 
 fn vars_of(a: &EnrollArgs) -> Result<BTreeMap<String, String>, Error> {
@@ -261,10 +279,13 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
         );
     }
     let preflight = pivault::workflow::Preflight::default();
+    let (attest_setup, strict_usage) = attest_setup(a)?;
     let ctx = Context {
         issuer: &issuer,
         anchors_der,
         preflight: &preflight,
+        attestation: Some(&attest_setup),
+        strict_usage,
     };
     let mut progress = Progress {
         on: super::progress_on_terminal() && !cli.json,

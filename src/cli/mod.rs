@@ -2,6 +2,7 @@
 //! exit codes over the library.
 
 mod args;
+mod attest;
 mod docs;
 mod enroll;
 mod renew;
@@ -53,13 +54,10 @@ fn init_logging(verbose: u8) {
 /// Print an error as one line plus a hint, and return its exit code.
 pub fn fail(e: &Error, json: bool) -> ExitCode {
     if json {
-        let v = serde_json::json!({
-            "schema": pivault::report::SCHEMA_VERSION,
-            "error": e.to_string(),
-            "hint": e.hint(),
-            "exit_code": e.exit_code(),
-        });
-        println!("{v}");
+        let doc = pivault::report::error::ErrorDoc::of(e);
+        if let Ok(line) = pivault::report::to_json(&doc) {
+            println!("{line}");
+        }
     }
     eprintln!("pivault: error: {e}");
     if let Some(h) = e.hint() {
@@ -94,6 +92,7 @@ pub fn run() -> ExitCode {
         Command::Renew(a) => renew::run(&cli, a),
         Command::Unblock(a) => renew::unblock(&cli, a),
         Command::Station(a) => station::run(&cli, a),
+        Command::Attest(a) => attest::run(a, json),
         Command::Completions { .. } | Command::Manpages { .. } => Ok(ExitCode::SUCCESS),
     };
     r.unwrap_or_else(|e| fail(&e, json))

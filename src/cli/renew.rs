@@ -188,6 +188,8 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             issuer: &issuer,
             anchors_der,
             preflight: &preflight,
+            attestation: None,
+            strict_usage: false,
         };
         renew::renew(&mut *token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     } else {
@@ -195,6 +197,8 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
             issuer: &issuer,
             anchors_der,
             preflight: &preflight,
+            attestation: None,
+            strict_usage: false,
         };
         renew::renew(&mut token, &ctx, &todo, &pin, a.reuse_key, &journal)?
     };

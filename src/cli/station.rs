@@ -14,6 +14,12 @@ use std::time::Duration;
 
 pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
     let (profile, allow) = StationProfile::load(&a.profile)?;
+    let roots = a
+        .attestation_roots
+        .as_deref()
+        .or(profile.attestation_roots.as_deref());
+    let attest_setup =
+        pivault::workflow::attest::AttestSetup::load(roots, profile.attestation.clone())?;
     let journal_dir = a.journal_dir.clone().unwrap_or_else(|| {
         std::env::var_os("STATE_DIRECTORY")
             .map(|d| std::path::PathBuf::from(d).join("journal"))
@@ -55,6 +61,7 @@ pub fn run(cli: &Cli, a: &StationArgs) -> Result<ExitCode, Error> {
         ca_chain_der,
         force: a.force,
         preflight: Default::default(),
+        attestation: Some(attest_setup),
     };
     let live = std::io::stderr().is_terminal();
     let on_event = move |what: &str| {

@@ -88,6 +88,15 @@ pub struct SlotKey {
     pub public_key: Option<SubjectPublicKeyInfoOwned>,
 }
 
+/// A slot's public key as GET METADATA tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotPublicKey {
+    /// SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
+    /// Generated on the token (`Some(false)`: imported); `None` when not told.
+    pub generated: Option<bool>,
+}
+
 /// The operations pivault needs from a PIV token.
 ///
 /// Implementations must not cache secrets beyond the session and must map card status
@@ -125,6 +134,37 @@ pub trait PivToken {
     fn slot_key(&mut self, slot: Slot) -> Result<Option<SlotKey>, TokenError>;
     fn read_certificate(&mut self, slot: Slot) -> Result<Option<Vec<u8>>, TokenError>;
 
+    /// ATTEST (Yubico INS F9, firmware 4.3+; Yubico, "PIV attestation"): a certificate
+    /// for the key in `slot`, signed by the token's F9 key, DER. `Ok(None)` when the card
+    /// refuses (an empty slot, or an imported key: only generated keys are attested).
+    /// Needs no PIN or management key.
+    fn attest(&mut self, slot: Slot) -> Result<Option<Vec<u8>>, TokenError> {
+        let _ = slot;
+        Err(TokenError::NotSupported {
+            what: "attestation".into(),
+            version: self.info().version.to_string(),
+        })
+    }
+    /// The public key in `slot` (GET METADATA, 5.3+) for every key type the token holds,
+    /// also those pivault does not enroll (RSA-1024, X25519): what an attestation of the
+    /// slot must certify. `Ok(None)` when the slot is empty, `Err(NotSupported)` when the
+    /// firmware cannot tell.
+    fn slot_public_key(&mut self, slot: Slot) -> Result<Option<SlotPublicKey>, TokenError> {
+        let _ = slot;
+        Err(TokenError::NotSupported {
+            what: "reading key metadata".into(),
+            version: self.info().version.to_string(),
+        })
+    }
+    /// The certificate of the F9 attestation key (object 5FFF01), DER; `Ok(None)` when
+    /// absent.
+    fn attestation_certificate(&mut self) -> Result<Option<Vec<u8>>, TokenError> {
+        Err(TokenError::NotSupported {
+            what: "attestation".into(),
+            version: self.info().version.to_string(),
+        })
+    }
+
     /// DESTRUCTIVE: replaces any key in the slot. Needs management-key authentication.
     fn generate_key(
         &mut self,
@@ -137,6 +177,16 @@ pub trait PivToken {
     /// RSA, the whole message for Ed25519. Needs the PIN for most slots.
     fn sign_raw(&mut self, slot: Slot, alg: Algorithm, input: &[u8])
         -> Result<Vec<u8>, TokenError>;
+    /// MOVE KEY (Yubico INS F6, firmware 5.7+): the key in `from` goes to `to`, replacing
+    /// what `to` held; `to = None` deletes it (Yubico "DELETE KEY", P1 FF). Certificate
+    /// objects stay where they are. Needs management-key authentication.
+    fn move_key(&mut self, from: Slot, to: Option<Slot>) -> Result<(), TokenError> {
+        let _ = (from, to);
+        Err(TokenError::NotSupported {
+            what: "moving keys".into(),
+            version: self.info().version.to_string(),
+        })
+    }
     /// DESTRUCTIVE: replaces the slot's certificate object.
     fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError>;
     /// Write CHUID and CCC when absent (OS middleware needs them); true when written.

@@ -318,6 +318,11 @@ impl FirmwareVersion {
         }
     }
 
+    /// ATTEST (INS F9) arrived in 4.3 (Yubico, "PIV attestation").
+    pub fn has_attestation(self) -> bool {
+        self >= FirmwareVersion::new(4, 3, 0)
+    }
+
     /// GET METADATA (and with it key presence, policies and PUK tries) arrived in 5.3.
     pub fn has_metadata(self) -> bool {
         self >= FirmwareVersion::new(5, 3, 0)

@@ -7,7 +7,7 @@
 
 use super::{
     Algorithm, CredentialDefaults, FirmwareVersion, MgmAlgorithm, MgmKeyState, PinPolicy, PivToken,
-    Slot, SlotKey, TokenError, TokenInfo, TouchPolicy,
+    Slot, SlotKey, SlotPublicKey, TokenError, TokenInfo, TouchPolicy,
 };
 use crate::secret::{MgmKeyHex, Pin, Puk};
 use der::{Decode, Encode};
@@ -20,6 +20,9 @@ use yubikey::{
     YubiKey,
 };
 use zeroize::Zeroizing;
+
+/// Object of the F9 attestation key's certificate (Yubico, "PIV attestation").
+const ATTESTATION_CERT_OBJECT: u32 = 0x005f_ff01;
 
 /// Which token to open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -532,6 +535,57 @@ impl YubiKeyToken {
         result
     }
 
+    /// Authenticate again with the management key last accepted.
+    fn reauthenticate(&mut self, op: &'static str) -> Result<(), TokenError> {
+        let k = self
+            .mgm
+            .as_ref()
+            .and_then(|(b, alg)| MgmKey::from_bytes(&**b, Some(mgm_alg_id(*alg))).ok())
+            .ok_or(TokenError::MgmKeyRejected)?;
+        self.yk.authenticate(&k).map_err(|e| self.fail(op, e))
+    }
+
+    /// One command the crate cannot send, on a PC/SC handle of our own (shared, no
+    /// SELECT) in one transaction; the answer's status word.
+    fn raw_command(&self, op: &'static str, apdu: &[u8]) -> Result<u16, TokenError> {
+        let pcsc_err = |e: pcsc::Error| {
+            if is_removed(&e) {
+                TokenError::CardRemoved
+            } else {
+                TokenError::Card {
+                    op,
+                    detail: e.to_string(),
+                }
+            }
+        };
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(pcsc_err)?;
+        let name =
+            std::ffi::CString::new(self.info.reader.clone()).map_err(|_| TokenError::Card {
+                op,
+                detail: "reader name".into(),
+            })?;
+        let mut card = ctx
+            .connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+            .map_err(pcsc_err)?;
+        let sw = {
+            let tx = card.transaction().map_err(pcsc_err)?;
+            let mut buf = [0u8; 258];
+            let r = tx.transmit(apdu, &mut buf).map_err(pcsc_err)?;
+            match r {
+                [.., a, b] => u16::from_be_bytes([*a, *b]),
+                _ => {
+                    return Err(TokenError::Card {
+                        op,
+                        detail: "an answer without status word".into(),
+                    })
+                }
+            }
+        };
+        // Leave the card as it is: the crate's handle goes on with the same session.
+        let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+        Ok(sw)
+    }
+
     fn object_present(&mut self, id: u32) -> Result<bool, TokenError> {
         match self.yk.fetch_object(id) {
             Ok(data) => Ok(!data.is_empty()),
@@ -726,6 +780,60 @@ impl PivToken for YubiKeyToken {
         }
     }
 
+    fn attest(&mut self, slot: Slot) -> Result<Option<Vec<u8>>, TokenError> {
+        if !self.info.version.has_attestation() {
+            return Err(self.unsupported("attestation"));
+        }
+        match piv::attest(&mut self.yk, slot_id(slot)) {
+            Ok(der) => Ok(Some(der.to_vec())),
+            // The crate folds every refusal status word into GenericError; for ATTEST
+            // those are "no key" (6A88) and "key not generated on the token" (6A80).
+            Err(yubikey::Error::GenericError) => Ok(None),
+            Err(yubikey::Error::NotSupported) => Err(self.unsupported("attestation")),
+            Err(e) => Err(self.fail("attest", e)),
+        }
+    }
+
+    fn slot_public_key(&mut self, slot: Slot) -> Result<Option<SlotPublicKey>, TokenError> {
+        if !self.info.version.has_metadata() {
+            return Err(self.unsupported("reading key metadata"));
+        }
+        match piv::metadata(&mut self.yk, slot_id(slot)) {
+            Ok(m) => {
+                let Some(public) = m.public else {
+                    return Ok(None);
+                };
+                let spki_der = public.to_der().map_err(|e| TokenError::Card {
+                    op: "read key metadata",
+                    detail: e.to_string(),
+                })?;
+                Ok(Some(SlotPublicKey {
+                    spki_der,
+                    generated: m.origin.map(|o| o == piv::Origin::Generated),
+                }))
+            }
+            Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
+            Err(yubikey::Error::NotSupported) => Err(self.unsupported("reading key metadata")),
+            Err(e) => Err(self.fail("read key metadata", e)),
+        }
+    }
+
+    fn attestation_certificate(&mut self) -> Result<Option<Vec<u8>>, TokenError> {
+        // The object's bytes, not the crate's parsed certificate: re-encoding could change
+        // the signed bytes of a certificate that is not in canonical DER.
+        match self.yk.fetch_object(ATTESTATION_CERT_OBJECT) {
+            Ok(data) if data.is_empty() => Ok(None),
+            Ok(data) => certificate_in_object(&data)
+                .map(Some)
+                .ok_or(TokenError::Card {
+                    op: "read the F9 certificate",
+                    detail: "object 5FFF01 holds no certificate (tag 70)".into(),
+                }),
+            Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
+            Err(e) => Err(self.fail("read the F9 certificate", e)),
+        }
+    }
+
     fn generate_key(
         &mut self,
         slot: Slot,
@@ -762,6 +870,42 @@ impl PivToken for YubiKeyToken {
                 },
                 e => self.fail("sign", e),
             })
+    }
+
+    fn move_key(&mut self, from: Slot, to: Option<Slot>) -> Result<(), TokenError> {
+        if self.info.version < FirmwareVersion::new(5, 7, 0) {
+            return Err(self.unsupported("moving keys"));
+        }
+        // The `yubikey` crate 0.9 has no MOVE KEY and lends no card handle, so the APDU
+        // goes through a PC/SC handle of our own on the same reader, inside one PC/SC
+        // transaction. The management-key authentication belongs to the card's PIV
+        // application, not to a handle (SP 800-73-4 Part 2, 3.1.1: only SELECT and reset
+        // clear it), so it holds here; nothing is SELECTed. APDU: 00 F6 <to|FF> <from>.
+        let apdu = [0x00, 0xF6, to.map_or(0xFF, Slot::byte), from.byte()];
+        let sw = self.raw_command("move key", &apdu)?;
+        match sw {
+            0x9000 => Ok(()),
+            // 6982: management key not authenticated (the session was lost): once more
+            // after authenticating through the crate.
+            0x6982 if self.mgm.is_some() => {
+                self.reauthenticate("move key")?;
+                match self.raw_command("move key", &apdu)? {
+                    0x9000 => Ok(()),
+                    sw => Err(TokenError::Card {
+                        op: "move key",
+                        detail: format!("the token answered status {sw:04X}"),
+                    }),
+                }
+            }
+            0x6A88 => Err(TokenError::Card {
+                op: "move key",
+                detail: format!("slot {from} holds no key"),
+            }),
+            sw => Err(TokenError::Card {
+                op: "move key",
+                detail: format!("the token answered status {sw:04X}"),
+            }),
+        }
     }
 
     fn write_certificate(&mut self, slot: Slot, der: &[u8]) -> Result<(), TokenError> {
@@ -872,6 +1016,26 @@ pub fn spki_of_cert(der: &[u8]) -> Option<SubjectPublicKeyInfoOwned> {
     x509_cert::Certificate::from_der(der)
         .ok()
         .map(|c| c.tbs_certificate().subject_public_key_info().clone())
+}
+
+/// The certificate (tag 70, BER length) of a certificate object (SP 800-73-4 Part 1,
+/// Table 10).
+fn certificate_in_object(data: &[u8]) -> Option<Vec<u8>> {
+    let (&tag, rest) = data.split_first()?;
+    if tag != 0x70 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        n @ 0..=0x7f => (usize::from(n), rest),
+        0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0x82 => (
+            usize::from(*rest.first()?) << 8 | usize::from(*rest.get(1)?),
+            rest.get(2..)?,
+        ),
+        _ => return None,
+    };
+    rest.get(..len).map(<[u8]>::to_vec)
 }
 
 #[cfg(test)]

@@ -45,4 +45,6 @@ pub struct Station<'a> {
     pub force: bool,
     /// Roles whose sign path Vault already accepted in this run.
     pub preflight: Preflight,
+    /// Attestation bundle and the profile's `[attestation]` policy.
+    pub attestation: Option<crate::workflow::attest::AttestSetup>,
 }

@@ -5,7 +5,7 @@ use super::profile::{vars_of, TokenEntry};
 use super::report::{SlotLine, TokenLine, TokenResult};
 use super::Station;
 use crate::credentials;
-use crate::enroll::{self, Context, Issued, KeyChoice, Observer, SlotPlan};
+use crate::enroll::{self, staged, Context, Issued, KeyChoice, Observer, SlotPlan};
 use crate::error::Error;
 use crate::escrow::{SlotRecord, Versioned};
 use crate::journal::Entry;
@@ -28,6 +28,9 @@ impl Station<'_> {
             line.vault_unavailable = matches!(e.cause(), Error::Vault(v) if v.is_unavailable());
             line.result = match e.cause() {
                 Error::Token(TokenError::CardRemoved) => TokenResult::Removed,
+                // Refused before anything on the token changed (after a key was generated
+                // the error is wrapped as a change, and the token "failed").
+                Error::Policy { .. } if matches!(e, Error::Policy { .. }) => TokenResult::Refused,
                 _ if line.result == TokenResult::Refused => TokenResult::Refused,
                 _ => TokenResult::Failed,
             };
@@ -105,10 +108,15 @@ impl Station<'_> {
             force: true,
         }
         .check_token(token)?;
+        if let Some(a) = &self.attestation {
+            crate::workflow::attest::precheck(&a.policy, token.info().version, &plan)?;
+        }
         let ctx = Context {
             issuer: self.issuer,
             anchors_der: self.anchors_der.clone(),
             preflight: &self.preflight,
+            attestation: self.attestation.as_ref(),
+            strict_usage: self.profile.strict_usage,
         };
         self.preflight.check(&ctx, plan.iter().map(|sp| sp.role))?;
         let mut rec = self
@@ -127,6 +135,8 @@ impl Station<'_> {
             journal: &mut journal,
             rec: &mut rec,
             in_doubt: Vec::new(),
+            attested: Default::default(),
+            plan_slots: plan.iter().map(|sp| sp.slot).collect(),
         };
         let out = run_token(token, &ctx, "station", &plan, &pin, &mut policy);
         line.in_doubt = std::mem::take(&mut policy.in_doubt);
@@ -185,6 +195,10 @@ struct StationSlots<'s, 'a> {
     journal: &'s mut Entry,
     rec: &'s mut Versioned,
     in_doubt: Vec<Slot>,
+    /// Attestations of keys generated in this run, recorded with their certificates.
+    attested: std::collections::BTreeMap<Slot, crate::workflow::attest::AttestationFacts>,
+    /// The profile's slots (never used to stage a key in).
+    plan_slots: Vec<Slot>,
 }
 
 fn first_der(pem: &str) -> Option<Vec<u8>> {
@@ -230,6 +244,7 @@ impl StationSlots<'_, '_> {
             chain_der: &self.st.ca_chain_der,
             anchors_der: &ctx.anchors_der,
             now: SystemTime::now(),
+            strict_usage: ctx.strict_usage,
         };
         let Ok(a) = verify::check(der, &want) else {
             return Ok(None);
@@ -238,7 +253,8 @@ impl StationSlots<'_, '_> {
     }
 
     fn record_slot(&mut self, slot: Slot, r: Option<SlotRecord>) {
-        if let Some(r) = r {
+        if let Some(mut r) = r {
+            r.attestation = self.attested.get(&slot).cloned();
             self.rec.record.state.slots.insert(slot, r);
         }
     }
@@ -248,6 +264,15 @@ impl Observer for StationSlots<'_, '_> {
     fn generated(&mut self, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
         self.journal.set_key(slot, key)?;
         self.save()
+    }
+
+    fn attested(
+        &mut self,
+        slot: Slot,
+        att: &crate::workflow::attest::KeyAttestation,
+    ) -> Result<(), Error> {
+        self.attested.insert(slot, att.facts());
+        Ok(())
     }
 
     fn requesting(&mut self, slot: Slot) -> Result<(), Error> {
@@ -343,9 +368,19 @@ impl SlotPolicy for StationSlots<'_, '_> {
             let Some(key) = crate::piv::yubikey::spki_of_cert(&der) else {
                 continue;
             };
-            if current.as_deref() == Some(der.as_slice()) || !slot_holds_key(token, slot, &key)? {
+            if current.as_deref() == Some(der.as_slice()) {
                 continue;
             }
+            // Not in the slot: maybe still staged in a retired slot (a run stopped between
+            // the certificate and MOVE KEY).
+            let staged_in = if slot_holds_key(token, slot, &key)? {
+                None
+            } else {
+                match staged::find_staged(token, &key)? {
+                    Some(r) => Some(r),
+                    None => continue,
+                }
+            };
             let chain = chain_of(&iss);
             let want = Expectation {
                 slot,
@@ -354,9 +389,15 @@ impl SlotPolicy for StationSlots<'_, '_> {
                 chain_der: &chain,
                 anchors_der: &ctx.anchors_der,
                 now: SystemTime::now(),
+                strict_usage: ctx.strict_usage,
             };
             match verify::check(&der, &want) {
                 Ok(_) => {
+                    if let Some(r) = staged_in {
+                        token.move_key(r, Some(slot))?;
+                        self.journal.set_key(slot, &key)?;
+                        self.save()?;
+                    }
                     self.record_slot(slot, SlotRecord::of(&iss));
                     return Ok(SlotAction::Reimport { key, issued: iss });
                 }
@@ -372,6 +413,11 @@ impl SlotPolicy for StationSlots<'_, '_> {
             if slot_holds_key(token, slot, &k)? {
                 return Ok(SlotAction::Certify(KeyChoice::Existing(k)));
             }
+        }
+        // An occupied slot on firmware 5.7+: make the key elsewhere, move it in once its
+        // certificate is verified, so a refusal leaves the old key (issue 10 defect 6).
+        if let Some(via) = staged::staging_slot(token, slot, &self.plan_slots)? {
+            return Ok(SlotAction::Certify(KeyChoice::Staged(via)));
         }
         Ok(SlotAction::Certify(KeyChoice::Generate))
     }

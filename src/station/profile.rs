@@ -72,6 +72,15 @@ pub struct StationProfile {
     pub ttl: Option<Ttl>,
     #[serde(default, rename = "slot")]
     pub slots: Vec<SlotSpec>,
+    /// Attestation bundle replacing the shipped Yubico one (relative to the profile);
+    /// `--attestation-roots` overrides it.
+    pub attestation_roots: Option<PathBuf>,
+    /// What an attested key must meet before it is sent to Vault (issue 12).
+    #[serde(default)]
+    pub attestation: crate::attestation::AttestationPolicy,
+    /// Refuse certificates whose key usage does not fit the slot (default: a warning).
+    #[serde(default)]
+    pub strict_usage: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -143,6 +152,12 @@ impl StationProfile {
             upn: Some("u@example.org".into()),
         };
         profile::resolve(&p.slots, &p.defaults(), &vars_of(&probe))?;
+        let mut p = p;
+        if let Some(r) = &p.attestation_roots {
+            if r.is_relative() {
+                p.attestation_roots = Some(path.parent().unwrap_or(Path::new(".")).join(r));
+            }
+        }
         Ok((p, allow))
     }
 

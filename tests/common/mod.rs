@@ -4,4 +4,5 @@
 
 pub mod card;
 pub mod run;
+pub mod schema;
 pub mod vault;

@@ -48,10 +48,14 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// Run a command, panicking with its output if it cannot start.
+/// Run a command, panicking with its output if it cannot start. What `pivault --json`
+/// prints is validated against its JSON Schema (common::schema).
 pub fn run(mut c: Command) -> Output {
-    c.output()
-        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", c.get_program()))
+    let o = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", c.get_program()));
+    super::schema::check_output(&c, &o);
+    o
 }
 
 /// Run and require success.

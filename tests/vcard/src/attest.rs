@@ -375,6 +375,49 @@ pub fn attest_slot(
     )
 }
 
+/// `--forge-attestation`: forgeries a verifier must refuse (a YubiKey makes none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    /// The attestation certifies a fresh key, not the one in the slot.
+    OtherKey,
+    /// F9 certificate and attestations are issued for serial+1.
+    OtherSerial,
+    /// The PIN policy byte is changed after signing (the signature no longer covers it).
+    TamperedPolicy,
+}
+
+impl Forge {
+    pub fn parse(s: &str) -> Result<Forge, String> {
+        match s {
+            "other-key" => Ok(Forge::OtherKey),
+            "other-serial" => Ok(Forge::OtherSerial),
+            "tampered-policy" => Ok(Forge::TamperedPolicy),
+            _ => Err(format!(
+                "{s:?}: expected other-key, other-serial or tampered-policy"
+            )),
+        }
+    }
+}
+
+/// The SubjectPublicKeyInfo of a new P-256 key nobody keeps (`Forge::OtherKey`).
+pub fn fresh_p256_spki() -> Vec<u8> {
+    Key::P256(new_p256())
+        .spki()
+        .expect("P-256 public key encodes")
+}
+
+/// `cert` with the PIN policy byte of extension 41482.3.8 changed (once <-> never), the
+/// signature left as it was (`Forge::TamperedPolicy`).
+pub fn tamper_pin_policy(mut cert: Vec<u8>) -> Vec<u8> {
+    let mut pattern = OID_POLICY.to_der().expect("OID encodes");
+    pattern.extend([0x04, 0x02]);
+    if let Some(at) = cert.windows(pattern.len()).position(|w| w == pattern) {
+        let pin = at + pattern.len();
+        cert[pin] = if cert[pin] == 0x01 { 0x02 } else { 0x01 };
+    }
+    cert
+}
+
 /// The 41482.3 extensions an F9 certificate carries about its device.
 fn device_extensions(device: &DeviceIdentity) -> Vec<Extension> {
     let mut out = vec![raw_ext(OID_FIRMWARE, device.version.to_vec())];

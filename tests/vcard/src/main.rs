@@ -116,6 +116,12 @@ struct Args {
     /// Write the test attestation chain (certificates, PEM) to FILE at start.
     #[arg(long, value_name = "FILE")]
     export_attestation_chain: Option<PathBuf>,
+    /// TEST ONLY, never a YubiKey's behaviour: ATTEST answers a forgery, for verifier
+    /// tests: other-key (certifies a fresh key, not the slot's), other-serial (F9 and
+    /// attestation issued for serial+1), tampered-policy (PIN policy byte changed after
+    /// signing).
+    #[arg(long, value_parser = attest::Forge::parse)]
+    forge_attestation: Option<attest::Forge>,
 }
 
 fn parse_touch(s: &str) -> Result<Touch, String> {
@@ -243,13 +249,26 @@ fn build_card(
             .map_err(|e| Failure::Io("writing the attestation chain", e))?;
     }
 
+    // `--forge-attestation other-serial`: the F9 certificate and the attestations speak
+    // for serial+1 while GET SERIAL answers the card's own.
+    let attest_device = match args.forge_attestation {
+        Some(attest::Forge::OtherSerial) => DeviceIdentity {
+            serial: serial.wrapping_add(1),
+            ..device.clone()
+        },
+        _ => device.clone(),
+    };
     let mut piv = Piv::new(firmware, device.clone(), &state, args.touch, args.timing);
+    piv.forge = args.forge_attestation;
+    piv.attest_device = attest_device.clone();
     // PIN complexity came with 5.7 (docs.yubico.com "PIN complexity policy").
     piv.pin_complexity = args.pin_complexity && firmware.features().new_key_types;
     // f9 holds the attestation key like any other key; a new CA or a card without one gets
     // a fresh key and certificate. A key the user imported into f9 stays.
-    if firmware.features().attestation && (ca_changed || !piv.state.slots.contains_key("f9")) {
-        let (key, cert) = ca.issue_f9(&device);
+    if firmware.features().attestation
+        && (ca_changed || args.forge_attestation.is_some() || !piv.state.slots.contains_key("f9"))
+    {
+        let (key, cert) = ca.issue_f9(&attest_device);
         piv.install_attestation(&key, &cert)
             .map_err(Failure::Attestation)?;
     }

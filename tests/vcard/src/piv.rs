@@ -54,6 +54,11 @@ pub struct Piv {
     pub touch: Touch,
     /// PIN complexity (5.7+ option, `--pin-complexity`): trivial PINs and PUKs refused.
     pub pin_complexity: bool,
+    /// `--forge-attestation` (tests of verifiers only): what ATTEST forges.
+    pub forge: Option<crate::attest::Forge>,
+    /// Whom the attestation speaks for: `device`, except under `--forge-attestation
+    /// other-serial`.
+    pub attest_device: DeviceIdentity,
     pub timing: crate::timing::Timing,
     /// Persistent state changed since the transport last saved.
     pub dirty: bool,
@@ -71,11 +76,13 @@ impl Piv {
     ) -> Piv {
         Piv {
             firmware,
+            attest_device: device.clone(),
             device,
             state: state.piv.clone(),
             vol: Volatile::default(),
             touch,
             pin_complexity: false,
+            forge: None,
             timing,
             dirty: false,
             answer_not_before: None,

@@ -300,15 +300,22 @@ impl Piv {
             return Response::status(sw::REFERENCE_NOT_FOUND);
         };
         self.spend(Op::Attest);
+        let spki = match self.forge {
+            Some(crate::attest::Forge::OtherKey) => crate::attest::fresh_p256_spki(),
+            _ => key.spki_der(),
+        };
         match crate::attest::attest_slot(
             &f9_key,
             &f9_cert,
             slot,
-            &key.spki_der(),
+            &spki,
             pin_policy,
             touch_policy,
-            &self.device,
+            &self.attest_device,
         ) {
+            Ok(cert) if self.forge == Some(crate::attest::Forge::TamperedPolicy) => {
+                Response::ok(crate::attest::tamper_pin_policy(cert))
+            }
             Ok(cert) => Response::ok(cert),
             Err(why) => {
                 log::warn!("attestation of slot {slot:02x} failed: {why}");

@@ -1,0 +1,106 @@
+//! Re-keying an occupied slot without risking its key (issue 10 defect 6, "order of
+//! damage"). On firmware 5.7+ the new key is generated in a free retired slot and moved
+//! into place with MOVE KEY (Yubico INS F6) only after its certificate was issued and
+//! verified; a refusal before that (attestation policy, Vault, verification) deletes the
+//! new key and leaves the slot's old key and certificate as they were.
+
+use crate::error::Error;
+use crate::piv::{FirmwareVersion, PinPolicy, PivToken, Slot, TokenError};
+
+/// The PIN policy a key generated for `slot` gets: `policy`, or the slot's default when
+/// it is "default" (Yubico PIV defaults: 9c always, 9e never, every other slot once).
+pub fn default_pin_policy(slot: Slot, policy: PinPolicy) -> PinPolicy {
+    match (policy, slot) {
+        (PinPolicy::Default, Slot::SIGNATURE) => PinPolicy::Always,
+        (PinPolicy::Default, Slot::CARD_AUTHENTICATION) => PinPolicy::Never,
+        (PinPolicy::Default, _) => PinPolicy::Once,
+        (p, _) => p,
+    }
+}
+
+/// First firmware with MOVE KEY (Yubico, "YubiKey 5.7 firmware": PIV key move/delete).
+pub const MOVE_KEY_FIRMWARE: FirmwareVersion = FirmwareVersion::new(5, 7, 0);
+
+/// Run `f`; when it fails and the key was staged in `at` (not the slot itself), delete
+/// the staged key so the failure leaves the token as it was.
+pub(super) fn or_discard<T>(
+    token: &mut dyn PivToken,
+    slot: Slot,
+    at: Slot,
+    f: impl FnOnce(&mut dyn PivToken) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let r = f(token);
+    if at == slot {
+        return r;
+    }
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            match token.move_key(at, None) {
+                Ok(()) => {
+                    log::info!("slot {slot}: the new key staged in {at} was deleted; slot {slot} is unchanged");
+                    Err(e)
+                }
+                Err(d) => Err(Error::AfterChange {
+                    done: format!("a new key was left in slot {at} (deleting it failed: {d})"),
+                    source: Box::new(e),
+                }),
+            }
+        }
+    }
+}
+
+/// Whether a slot holds anything (a key or a certificate).
+fn occupied(token: &mut dyn PivToken, slot: Slot) -> Result<bool, TokenError> {
+    if token.read_certificate(slot)?.is_some() {
+        return Ok(true);
+    }
+    match token.slot_key(slot) {
+        Ok(k) => Ok(k.is_some()),
+        Err(TokenError::NotSupported { .. }) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// A retired slot (82–95) with neither key nor certificate, not in `avoid`, to generate
+/// a key for `slot` in; `None` when `slot` is empty (generate in place), the firmware has
+/// no MOVE KEY, or no retired slot is free (the caller then generates in place).
+pub fn staging_slot(
+    token: &mut dyn PivToken,
+    slot: Slot,
+    avoid: &[Slot],
+) -> Result<Option<Slot>, Error> {
+    if token.info().version < MOVE_KEY_FIRMWARE || slot.is_retired() || !occupied(token, slot)? {
+        return Ok(None);
+    }
+    for b in (0x82u8..=0x95).rev() {
+        let Some(r) = Slot::from_byte(b) else {
+            continue;
+        };
+        if !avoid.contains(&r) && !occupied(token, r)? {
+            return Ok(Some(r));
+        }
+    }
+    log::warn!("slot {slot}: no free retired slot to stage the new key in; replacing in place");
+    Ok(None)
+}
+
+/// The retired slot holding `key`, left there by a run that stopped between the
+/// certificate and MOVE KEY; `None` on firmware without MOVE KEY.
+pub fn find_staged(
+    token: &mut dyn PivToken,
+    key: &spki::SubjectPublicKeyInfoOwned,
+) -> Result<Option<Slot>, Error> {
+    if token.info().version < MOVE_KEY_FIRMWARE {
+        return Ok(None);
+    }
+    for b in (0x82u8..=0x95).rev() {
+        let Some(r) = Slot::from_byte(b) else {
+            continue;
+        };
+        if crate::workflow::slot_holds_key(token, r, key)? {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
