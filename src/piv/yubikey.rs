@@ -920,10 +920,14 @@ impl PivToken for YubiKeyToken {
         if object.len() <= EXTENDED_PUT_MAX {
             match self.put_data_extended(object_id(slot), &object) {
                 Ok(()) => return Ok(()),
-                // Management-key session lost (another program SELECTed): the crate's path
-                // below authenticates again and retries once.
-                Err(TokenError::MgmKeyRejected) if self.mgm.is_some() => {}
-                Err(e) => return Err(e),
+                Err(TokenError::CardRemoved) => return Err(TokenError::CardRemoved),
+                // Management-key session lost (another program SELECTed), or a reader that
+                // cannot carry extended APDUs (some NFC readers: 6700): the crate's chained
+                // path below, which authenticates again once. PUT DATA replaces the whole
+                // object, so sending it again is safe.
+                Err(e) => {
+                    log::info!("slot {slot}: one-command certificate write refused ({e}); chaining")
+                }
             }
         }
         let cert = Certificate { cert };
