@@ -91,10 +91,14 @@ def main():
     with devices[0].open_connection(SmartCardConnection) as conn:
         piv = PivSession(conn)
         piv.authenticate(mgmt)
-        piv.verify_pin(os.environ.get("PIVAULT_PIN", "123456"))
+        pin = os.environ.get("PIVAULT_PIN", "123456")
+        piv.verify_pin(pin)
         for name in args.slot:
             slot = SLOT(int(name, 16))
             public_key = piv.generate_key(slot, KEY_TYPES[args.algorithm])
+            if name == "9c":
+                # PIN policy "always" (the 9c default): VERIFY right before the signature.
+                piv.verify_pin(pin)
             csr = generate_csr(piv, slot, public_key, f"CN={args.cn}")
             pem = csr.public_bytes(serialization.Encoding.PEM).decode()
             answer = vault.post(f"{mount}/sign/{ROLES.get(name, 'yubikey-piv')}", {"csr": pem})

@@ -46,11 +46,7 @@ impl Policy {
 
 /// VERIFY the PIN unless fewer than two tries are left (pivault never risks blocking it).
 pub fn verify_pin_safely(token: &mut dyn PivToken, pin: &Pin) -> Result<(), Error> {
-    match token.pin_retries()? {
-        Some(0) => Err(TokenError::PinBlocked.into()),
-        Some(1) => Err(TokenError::PinLastTry.into()),
-        _ => Ok(token.verify_pin(pin)?),
-    }
+    Ok(token.verify_pin_checked(pin)?)
 }
 
 /// Refuse a PUK attempt when the token says one try or none is left. Firmware without
@@ -140,11 +136,35 @@ pub fn rotate(
     rec: &mut Versioned,
     next: Credentials,
 ) -> Result<(), Error> {
+    rotate_then(token, esc, rec, next, Promote::Now)
+}
+
+/// When the last step of a rotation is promoted in the escrow record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Promote {
+    /// Write the record (no `pending`) as soon as the token holds the new credentials.
+    Now,
+    /// Promote in memory only: the caller writes the record soon after anyway (the
+    /// station's final record), saving a KV write. Until then the record still says
+    /// `pending` with the PIN promoted, and a run that finds it so probes only steps
+    /// that cost no try when the token already holds them (CHANGE REFERENCE new → new
+    /// for the PUK, authentication for the management key).
+    WithNextWrite,
+}
+
+/// [`rotate`], choosing when the last step is promoted.
+pub fn rotate_then(
+    token: &mut dyn PivToken,
+    esc: &Escrow<'_>,
+    rec: &mut Versioned,
+    next: Credentials,
+    promote: Promote,
+) -> Result<(), Error> {
     resolve_pending(token, esc, rec)?;
     rec.record.pending = Some(next);
     esc.write(rec)?;
     checkpoint("escrow");
-    apply(token, esc, rec, Known::Live)
+    apply(token, esc, rec, Known::Live, promote)
 }
 
 /// Finish a rotation an earlier run left half done (no-op without `pending`).
@@ -160,7 +180,7 @@ pub fn resolve_pending(
         "token {}: finishing a credential change an earlier run left pending",
         rec.record.serial
     );
-    apply(token, esc, rec, Known::Probe)
+    apply(token, esc, rec, Known::Probe, Promote::Now)
 }
 
 /// What is known about the credentials on the token when applying.
@@ -214,6 +234,7 @@ fn apply(
     esc: &Escrow<'_>,
     rec: &mut Versioned,
     known: Known,
+    promote: Promote,
 ) -> Result<(), Error> {
     let p = rec.record.pending.clone().ok_or_else(incomplete)?;
     // Steps run in order and each is promoted before the next starts, so a step that is
@@ -274,8 +295,11 @@ fn apply(
             token.change_puk(&old, &new)?;
             checkpoint("puk");
         }
+        // Not written yet: the step after it (the management key) has no retry counter,
+        // so a run that finds the PUK unpromoted probes it with CHANGE REFERENCE new → new,
+        // which succeeds without a try when the token holds it; the final promotion below
+        // records both (one KV write fewer per token).
         rec.record.live.puk = Some(new);
-        esc.write(rec)?;
     }
     // Management key: no retry counter, so trying the live one then the new one is free.
     let live = &rec.record.live;
@@ -307,7 +331,10 @@ fn apply(
         rec.record.live.mgmt_key_protected = p.mgmt_key_protected;
     }
     rec.record.pending = None;
-    esc.write(rec)
+    match promote {
+        Promote::Now => esc.write(rec),
+        Promote::WithNextWrite => Ok(()),
+    }
 }
 
 /// What `unblock` did.
@@ -347,10 +374,13 @@ pub fn unblock(
     next.pin = None; // the user's own PIN is not escrowed
     next.puk = Some(Puk::new(escrow::random_digits(puk_length).as_str()));
     rotate(token, esc, &mut rec, next).map_err(changed)?;
+    // The count before the proving VERIFY: once the PIN is verified, an empty VERIFY
+    // answers 9000 without a count (SP 800-73-4 part 2, 3.2.1).
+    let pin_tries_left = token.pin_retries().map_err(|e| changed(e.into()))?;
     token.verify_pin(new_pin).map_err(|e| changed(e.into()))?;
     Ok(Unblocked {
         token_serial: serial,
-        pin_tries_left: token.pin_retries().map_err(|e| changed(e.into()))?,
+        pin_tries_left,
         puk_rotated: true,
         escrow_version: rec.version,
     })

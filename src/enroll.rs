@@ -31,6 +31,19 @@ pub struct SlotPlan {
     pub ttl: Option<Ttl>,
 }
 
+impl SlotPlan {
+    /// Whether the slot's key wants the PIN right before each use: PIN policy "always",
+    /// or the default policy of slot 9c (Yubico's defaults: 9c always, 9e never, the
+    /// other slots once per session).
+    pub fn pin_always(&self) -> bool {
+        match self.pin_policy {
+            PinPolicy::Always => true,
+            PinPolicy::Default => self.slot == Slot::SIGNATURE,
+            PinPolicy::Never | PinPolicy::Once => false,
+        }
+    }
+}
+
 /// A whole run on one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -334,6 +347,8 @@ pub fn enroll_slot(
     f9: &mut F9Cache,
     obs: &mut dyn Observer,
 ) -> Result<(Accepted, Vec<String>), Error> {
+    // A key kept from before may carry another PIN policy than the plan says.
+    let pin_before_use = sp.pin_always() || matches!(key, KeyChoice::Existing(_));
     let setup = ctx.attest_setup();
     // Where the new key is made: the slot itself, or a free retired slot to move it from.
     let (at, key, attested) = match key {
@@ -377,8 +392,12 @@ pub fn enroll_slot(
     };
     let cert_der = staged::or_discard(token, sp.slot, at, |token| {
         step(token, obs, sp.slot, Step::SigningCsr);
-        // Slots with PIN policy "always" (9c by default) want the PIN right before each use.
-        token.verify_pin(pin)?;
+        // Slots with PIN policy "always" (9c by default) want the PIN right before each use;
+        // the others keep the session's verification (SP 800-73-4 part 1, 4.2; Yubico's
+        // PIV PIN policies).
+        if pin_before_use {
+            token.verify_pin(pin)?;
+        }
         let csr_att = attested.as_ref().map(|a| a.for_csr(setup.csr_legacy_oid));
         let csr = csr::build_and_sign(token, at, &key, &sp.subject, csr_att.as_ref())?;
         step(token, obs, sp.slot, Step::Requesting(sp.role));
@@ -451,6 +470,9 @@ impl SlotPolicy for Generate<'_> {
             }
         }
         Ok(SlotAction::Certify(KeyChoice::Generate))
+    }
+    fn decide_uses_key(&self) -> bool {
+        false
     }
     fn certified_word(&self) -> crate::report::SlotResult {
         crate::report::SlotResult::Enrolled

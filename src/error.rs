@@ -30,8 +30,6 @@ pub enum Error {
         #[source]
         source: VerifyError,
     },
-    #[error("slot {slot}: the certificate read back from the token differs from the one written")]
-    ReadBack { slot: Slot },
     /// The escrow record in Vault KV is missing, incomplete or unreadable.
     #[error("escrow: {0}")]
     Escrow(String),

@@ -73,6 +73,11 @@ pub trait SlotPolicy: Observer {
         ctx: &Context<'_>,
         sp: &SlotPlan,
     ) -> Result<SlotAction, Error>;
+    /// Whether `decide` may use a slot's private key (a test signature): the PIN is then
+    /// verified right before it, for slots whose PIN policy is "always".
+    fn decide_uses_key(&self) -> bool {
+        true
+    }
     /// The report's word for a slot certified in this run (enrolled, renewed).
     fn certified_word(&self) -> SlotResult;
     /// A slot is done (kept, re-imported or certified): clean up journals, record it.
@@ -85,9 +90,7 @@ pub trait SlotPolicy: Observer {
 /// error stops the token's run.
 pub fn slot_local(e: &Error) -> bool {
     match e {
-        Error::Verify { .. } | Error::ReadBack { .. } | Error::Csr(_) | Error::InDoubt { .. } => {
-            true
-        }
+        Error::Verify { .. } | Error::Csr(_) | Error::InDoubt { .. } => true,
         Error::Vault(v) => v.is_request_refused(),
         _ => false,
     }
@@ -143,8 +146,11 @@ fn one_slot(
     f9: &mut F9Cache,
 ) -> Result<Done, Error> {
     // Deciding may sign a test challenge with the slot's key (PIN policy "always" slots
-    // want the PIN right before each use).
-    token.verify_pin(pin)?;
+    // want the PIN right before each use). The session's PIN verification (unlock) lasts
+    // for every other use: one VERIFY per session is the APDU floor (BENCHMARKS.md).
+    if policy.decide_uses_key() {
+        token.verify_pin(pin)?;
+    }
     match policy.decide(token, ctx, sp)? {
         SlotAction::Keep(a) => Ok((SlotResult::Kept, a, Vec::new(), None)),
         SlotAction::Reimport { key, issued } => {

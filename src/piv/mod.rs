@@ -113,6 +113,16 @@ pub trait PivToken {
     /// PUK tries left when the firmware can tell without an attempt (GET METADATA).
     fn puk_retries(&mut self) -> Result<Option<u8>, TokenError>;
     fn verify_pin(&mut self, pin: &Pin) -> Result<(), TokenError>;
+    /// Verify the PIN unless the token says it is blocked or has one try left: never the
+    /// last try. A transport that can (PC/SC) holds one transaction from the count to the
+    /// attempt, so no other program's try comes between them.
+    fn verify_pin_checked(&mut self, pin: &Pin) -> Result<(), TokenError> {
+        match self.pin_retries()? {
+            Some(0) => Err(TokenError::PinBlocked),
+            Some(1) => Err(TokenError::PinLastTry),
+            _ => self.verify_pin(pin),
+        }
+    }
     /// Whether PIN and PUK are the factory values, read without an attempt.
     fn credential_defaults(&mut self) -> Result<CredentialDefaults, TokenError>;
 

@@ -14,7 +14,7 @@ use der::{Decode, Encode};
 use spki::SubjectPublicKeyInfoOwned;
 use yubikey::{
     certificate::Certificate,
-    mgm::{MgmAlgorithmId, MgmKey, MgmType},
+    mgm::{MgmAlgorithmId, MgmKey},
     piv::{self, AlgorithmId, ManagementSlotId, RetiredSlotId, SlotAlgorithmId, SlotId},
     reader::Context,
     YubiKey,
@@ -245,6 +245,72 @@ fn map_err(op: &'static str, e: yubikey::Error) -> TokenError {
     }
 }
 
+fn pcsc_error(e: pcsc::Error) -> TokenError {
+    if is_removed(&e) {
+        TokenError::CardRemoved
+    } else {
+        TokenError::Pcsc(e.to_string())
+    }
+}
+
+fn status_error(op: &'static str, sw: u16) -> TokenError {
+    TokenError::Card {
+        op,
+        detail: format!("the token answered status {sw:04X}"),
+    }
+}
+
+/// Send one command; the status word of the answer (response data is not needed by the
+/// commands sent this way).
+fn transmit(tx: &pcsc::Transaction<'_>, apdu: &[u8]) -> Result<u16, TokenError> {
+    let mut buf = Zeroizing::new([0u8; 258]);
+    let r = tx.transmit(apdu, &mut *buf).map_err(pcsc_error)?;
+    match r {
+        [.., a, b] => Ok(u16::from_be_bytes([*a, *b])),
+        _ => Err(TokenError::Pcsc("an answer without status word".into())),
+    }
+}
+
+/// A BER-TLV with a one-byte tag (lengths up to 65535, ISO 7816-4 5.2.2).
+fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match value.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n <= 0xFF => out.extend_from_slice(&[0x81, n as u8]),
+        n => {
+            let n = u16::try_from(n).unwrap_or(u16::MAX);
+            out.push(0x82);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+/// Largest object sent in one extended PUT DATA: a YubiKey's 3072-byte buffer less the
+/// command's own tags.
+const EXTENDED_PUT_MAX: usize = 3052;
+
+/// A certificate object's content (SP 800-73-4 part 1, table 10 et seq.): 70 certificate,
+/// 71 CertInfo (00: not compressed), FE error detection code (empty).
+fn cert_object(der: &[u8]) -> Vec<u8> {
+    let mut o = tlv(0x70, der);
+    o.extend_from_slice(&[0x71, 0x01, 0x00, 0xFE, 0x00]);
+    o
+}
+
+/// The data object holding a slot's certificate (SP 800-73-4 part 1, table 3; retired
+/// slots 82–95 are 5FC10D–5FC120).
+fn object_id(slot: Slot) -> u32 {
+    match slot.byte() {
+        0x9a => 0x005f_c105,
+        0x9c => 0x005f_c10a,
+        0x9d => 0x005f_c10b,
+        0x9e => 0x005f_c101,
+        b => 0x005f_c10d + u32::from(b.saturating_sub(0x82)),
+    }
+}
+
 /// Find a BER-TLV value by tag in a flat run of TLVs (one-byte tags; short and 0x81/0x82
 /// long-form lengths, ISO 7816-4 5.2.2).
 pub(crate) fn find_tlv(mut data: &[u8], tag: u8) -> Option<&[u8]> {
@@ -267,6 +333,8 @@ pub(crate) fn find_tlv(mut data: &[u8], tag: u8) -> Option<&[u8]> {
 
 /// PRINTED object: the PIN-protected data store (Yubico extension, object 5FC109).
 const OBJ_PRINTED: u32 = 0x005f_c109;
+/// Yubico's ADMIN DATA object (flags such as "management key PIN-protected").
+const OBJ_ADMIN_DATA: u32 = 0x005f_ff00;
 /// CHUID (SP 800-73-4 Part 1, 3.1.2) and Card Capability Container (3.1.1).
 const OBJ_CHUID: u32 = 0x005f_c102;
 const OBJ_CCC: u32 = 0x005f_c107;
@@ -372,6 +440,101 @@ impl YubiKeyToken {
         }
     }
 
+    /// The retry check and the VERIFY in one PC/SC transaction (PC/SC part 5,
+    /// SCardBeginTransaction), so no other program's VERIFY or SELECT can come between the
+    /// count pivault read and the try it spends. The `yubikey` crate opens a transaction
+    /// per call and does not lend its card handle, so this uses a second shared handle on
+    /// the same reader: the PIV application's security state belongs to the card, not to
+    /// the handle, and the crate's later calls see the PIN verified. Two APDUs: an empty
+    /// VERIFY (63Cx = x tries, 9000 = already verified, 6983 = blocked) and the VERIFY.
+    fn verify_pin_in_transaction(&mut self, pin: &Pin) -> Result<(), TokenError> {
+        let pin = pin.expose().as_bytes();
+        if pin.is_empty() || pin.len() > 8 {
+            return Err(TokenError::Card {
+                op: "verify PIN",
+                detail: "a PIV PIN has 1 to 8 characters".into(),
+            });
+        }
+        self.in_transaction(|tx| {
+            // VERIFY, P2 = 80 (PIV Card Application PIN), no data: the retry count.
+            match transmit(tx, &[0x00, 0x20, 0x00, 0x80])? {
+                0x9000 => {}
+                0x6983 | 0x63C0 => return Err(TokenError::PinBlocked),
+                0x63C1 => return Err(TokenError::PinLastTry),
+                w if w & 0xFFF0 == 0x63C0 => {}
+                w => return Err(status_error("read PIN retries", w)),
+            }
+            // The PIN padded with FF to 8 bytes (SP 800-73-4 part 2, 3.2.1).
+            let mut apdu = Zeroizing::new(vec![0x00, 0x20, 0x00, 0x80, 0x08]);
+            apdu.extend_from_slice(pin);
+            apdu.resize(13, 0xFF);
+            match transmit(tx, &apdu)? {
+                0x9000 => Ok(()),
+                0x6983 => Err(TokenError::PinBlocked),
+                w if w & 0xFFF0 == 0x63C0 => Err(TokenError::WrongPin {
+                    tries_left: (w & 0x000F) as u8,
+                }),
+                w => Err(status_error("verify PIN", w)),
+            }
+        })
+    }
+
+    /// PUT DATA (SP 800-73-4 part 2, 3.3.2) of a whole object in one extended-length
+    /// command. Needs management-key authentication (6982 → `MgmKeyRejected`).
+    fn put_data_extended(&mut self, id: u32, object: &[u8]) -> Result<(), TokenError> {
+        let mut data = vec![0x5C, 0x03];
+        data.extend_from_slice(&id.to_be_bytes()[1..]);
+        data.extend_from_slice(&tlv(0x53, object));
+        let len = u16::try_from(data.len()).map_err(|_| TokenError::Card {
+            op: "write certificate",
+            detail: "object too large".into(),
+        })?;
+        let mut apdu = vec![0x00, 0xDB, 0x3F, 0xFF, 0x00];
+        apdu.extend_from_slice(&len.to_be_bytes());
+        apdu.extend_from_slice(&data);
+        let w = self.in_transaction(|tx| transmit(tx, &apdu))?;
+        match w {
+            0x9000 => Ok(()),
+            0x6982 => Err(TokenError::MgmKeyRejected),
+            w => {
+                let e = status_error("write certificate", w);
+                Err(if self.card_present() {
+                    e
+                } else {
+                    TokenError::CardRemoved
+                })
+            }
+        }
+    }
+
+    /// Run `f` inside one PC/SC transaction (SCardBeginTransaction) on a second, shared
+    /// handle to this token's reader. The `yubikey` crate opens a transaction per call and
+    /// does not lend its card handle; the PIV application's security state (PIN verified,
+    /// management key authenticated) belongs to the card, not to the handle, so the crate's
+    /// calls before and after see what happened here. The handle is left with
+    /// LeaveCard: dropping it would reset the card.
+    fn in_transaction<T>(
+        &self,
+        f: impl FnOnce(&pcsc::Transaction<'_>) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(pcsc_error)?;
+        let name = std::ffi::CString::new(self.info.reader.clone())
+            .map_err(|_| TokenError::Pcsc("reader name holds a NUL byte".into()))?;
+        let mut card = ctx
+            .connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+            .map_err(pcsc_error)?;
+        let result = match card.transaction() {
+            Ok(tx) => {
+                let r = f(&tx);
+                let _ = tx.end(pcsc::Disposition::LeaveCard);
+                r
+            }
+            Err(e) => Err(pcsc_error(e)),
+        };
+        let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+        result
+    }
+
     /// Authenticate again with the management key last accepted.
     fn reauthenticate(&mut self, op: &'static str) -> Result<(), TokenError> {
         let k = self
@@ -438,20 +601,20 @@ impl PivToken for YubiKeyToken {
     }
 
     fn pin_retries(&mut self) -> Result<Option<u8>, TokenError> {
-        // The crate re-SELECTs (which clears a verified PIN on a YubiKey) and sends an empty
-        // VERIFY, but answers 0 both for "blocked" (6983) and for "verified" (9000). A second
-        // empty VERIFY, read directly, tells the two apart.
-        match self.yk.get_pin_retries() {
-            Ok(0) => match self.yk.verify_pin(&[]) {
-                Ok(()) => Ok(None),
-                Err(yubikey::Error::WrongPin { tries }) => Ok(Some(tries)),
-                Err(yubikey::Error::PinLocked) => Ok(Some(0)),
-                Err(e) => Err(self.fail("read PIN retries", e)),
-            },
-            Ok(n) => Ok(Some(n)),
+        // An empty VERIFY (SP 800-73-4 3.2.1) answers 63Cx with the count, or 9000 when
+        // the PIN is already verified in this session. The crate's `get_pin_retries`
+        // SELECTs first to clear that state, an APDU more that also drops the verified
+        // PIN; "already verified" is reported as `None` instead.
+        match self.yk.verify_pin(&[]) {
+            Ok(()) => Ok(None),
+            Err(yubikey::Error::WrongPin { tries }) => Ok(Some(tries)),
             Err(yubikey::Error::PinLocked) => Ok(Some(0)),
             Err(e) => Err(self.fail("read PIN retries", e)),
         }
+    }
+
+    fn verify_pin_checked(&mut self, pin: &Pin) -> Result<(), TokenError> {
+        self.verify_pin_in_transaction(pin)
     }
 
     fn puk_retries(&mut self) -> Result<Option<u8>, TokenError> {
@@ -489,8 +652,14 @@ impl PivToken for YubiKeyToken {
     }
 
     fn mgm_key_state(&mut self) -> Result<MgmKeyState, TokenError> {
-        let protected = match self.yk.config() {
-            Ok(c) => c.mgm_type == MgmType::Protected,
+        // ADMIN DATA = 53 { 80 { 81 <flags> … } }, bit 0x02 of flags: the management key is
+        // kept PIN-protected (Yubico's PIV objects). One GET DATA: the crate's `config()`
+        // reads PRINTED as well, which `protected_mgm_key` reads when it matters.
+        let protected = match self.yk.fetch_object(OBJ_ADMIN_DATA) {
+            Ok(d) => find_tlv(&d, 0x80)
+                .and_then(|inner| find_tlv(inner, 0x81))
+                .and_then(|f| f.first())
+                .is_some_and(|f| f & 0x02 != 0),
             Err(yubikey::Error::NotFound) => false,
             Err(e) => return Err(self.fail("read ADMIN DATA", e)),
         };
@@ -744,6 +913,23 @@ impl PivToken for YubiKeyToken {
             op: "write certificate",
             detail: e.to_string(),
         })?;
+        // One extended-length PUT DATA (YubiKey 4 and 5 take up to 3072 bytes; yubikit sends
+        // extended APDUs from firmware 4.0). The crate only chains short APDUs: three or
+        // four commands for a typical certificate.
+        let object = cert_object(der);
+        if object.len() <= EXTENDED_PUT_MAX {
+            match self.put_data_extended(object_id(slot), &object) {
+                Ok(()) => return Ok(()),
+                Err(TokenError::CardRemoved) => return Err(TokenError::CardRemoved),
+                // Management-key session lost (another program SELECTed), or a reader that
+                // cannot carry extended APDUs (some NFC readers: 6700): the crate's chained
+                // path below, which authenticates again once. PUT DATA replaces the whole
+                // object, so sending it again is safe.
+                Err(e) => {
+                    log::info!("slot {slot}: one-command certificate write refused ({e}); chaining")
+                }
+            }
+        }
         let cert = Certificate { cert };
         self.with_admin("write certificate", |yk| {
             cert.write(
@@ -868,6 +1054,17 @@ mod tests {
         assert_eq!(find_tlv(&data, 0x90), Some(&[7u8][..]));
         assert_eq!(find_tlv(&data, 0x91), None);
         assert_eq!(find_tlv(&[0x88, 0x05, 1], 0x88), None, "truncated value");
+    }
+
+    #[test]
+    fn certificate_objects_match_the_crate_layout() {
+        assert_eq!(object_id(Slot::AUTHENTICATION), 0x005f_c105);
+        assert_eq!(object_id(Slot::CARD_AUTHENTICATION), 0x005f_c101);
+        assert_eq!(object_id(Slot::from_byte(0x95).expect("95")), 0x005f_c120);
+        let o = cert_object(&[0xAA; 300]);
+        assert_eq!(&o[..4], &[0x70, 0x82, 0x01, 0x2C]);
+        assert_eq!(&o[o.len() - 5..], &[0x71, 0x01, 0x00, 0xFE, 0x00]);
+        assert_eq!(tlv(0x53, &[1; 200])[..3], [0x53, 0x81, 200]);
     }
 
     #[test]

@@ -55,7 +55,14 @@ impl Station<'_> {
     /// management key authenticated). A rotation an earlier run left pending is finished
     /// first; a token without a record must be in factory state, and gets random
     /// credentials through the one rotation (escrowed before they are applied).
-    fn credentials(&self, token: &mut dyn PivToken, rec: &mut Versioned) -> Result<Pin, Error> {
+    ///
+    /// The flag says the record was changed in memory and not written yet (a rotation's
+    /// last promotion waits for the token's next record write).
+    fn credentials(
+        &self,
+        token: &mut dyn PivToken,
+        rec: &mut Versioned,
+    ) -> Result<(Pin, bool), Error> {
         credentials::resolve_pending(token, &self.escrow, rec)?;
         if rec.version == 0 || rec.record.live.mgmt_key.is_none() {
             rec.record.live = credentials::factory(token)?;
@@ -66,11 +73,20 @@ impl Station<'_> {
             .pin
             .as_ref()
             .is_some_and(|p| p.expose() == credentials::FACTORY_PIN);
+        let rotated = factory_pin;
         if factory_pin {
             let next = self.profile.credential_policy()?.generate(token);
-            credentials::rotate(token, &self.escrow, rec, next)?;
+            // Promoted by the token's final record (or by a re-run's probe): one KV write
+            // fewer per token.
+            credentials::rotate_then(
+                token,
+                &self.escrow,
+                rec,
+                next,
+                credentials::Promote::WithNextWrite,
+            )?;
         }
-        credentials::unlock(token, &rec.record.live)
+        Ok((credentials::unlock(token, &rec.record.live)?, rotated))
     }
 
     fn process_inner(&self, token: &mut dyn PivToken, line: &mut TokenLine) -> Result<(), Error> {
@@ -119,7 +135,7 @@ impl Station<'_> {
         let resumed = rec.version != 0 || !journal.is_empty();
         let was_enrolled = rec.record.state.enrolled;
 
-        let pin = self.credentials(token, &mut rec)?;
+        let (pin, unwritten) = self.credentials(token, &mut rec)?;
         let before = rec.record.clone();
         let mut policy = StationSlots {
             st: self,
@@ -141,13 +157,13 @@ impl Station<'_> {
         line.slots = out.report.slots.iter().filter_map(SlotLine::of).collect();
         if let Some(e) = out.fatal {
             // Certificates recorded before the failure stay recorded.
-            if rec.record != before {
+            if rec.record != before || unwritten {
                 let _ = self.escrow.write(&mut rec);
             }
             return Err(e);
         }
         if let Some(failed) = out.report.slots.iter().find(|s| s.error.is_some()) {
-            if rec.record != before {
+            if rec.record != before || unwritten {
                 self.escrow.write(&mut rec)?;
             }
             line.record_version = Some(rec.version);
@@ -159,7 +175,7 @@ impl Station<'_> {
         }
         token.ensure_chuid_ccc()?;
         rec.record.state.enrolled = true;
-        if rec.record != before || rec.version == 0 {
+        if rec.record != before || unwritten || rec.version == 0 {
             self.escrow.write(&mut rec)?;
         }
         self.journal.clear(serial)?;
@@ -279,6 +295,10 @@ impl Observer for StationSlots<'_, '_> {
         self.journal.requested.remove(&slot);
         self.save()?;
         // The journal has it; the record follows at the end of the token if this fails.
+        // The journal has it; the record follows at the end of the token if this fails.
+        // This write is the certificate's copy off the station: with the journal lost or
+        // damaged before the token's final record, it is what keeps the slot from being
+        // issued twice (BENCHMARKS.md, Vault floor: the four writes that stand above it).
         self.record_slot(slot, SlotRecord::of(cert));
         if let Err(e) = self.st.escrow.write(self.rec) {
             log::warn!("token {}: escrow record not updated yet: {e}", self.serial);

@@ -203,6 +203,11 @@ impl Card {
 
     /// APDUs served by the running card process (counts restart at 0 on `insert`).
     pub fn apdu_count(&self) -> u64 {
+        self.apdu_counts().0
+    }
+
+    /// APDUs served so far, in total and per instruction byte (the card's `ins=` line).
+    pub fn apdu_counts(&self) -> (u64, std::collections::BTreeMap<u8, u64>) {
         let process = self
             .process
             .as_ref()
@@ -210,12 +215,21 @@ impl Card {
         while process.lines.try_recv().is_ok() {}
         signal(process.child.id(), "USR1");
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut by_ins = std::collections::BTreeMap::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match process.lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(n) = line.strip_prefix("apdus=") {
-                        return n.trim().parse().expect("apdus=N");
+                    if let Some(list) = line.strip_prefix("ins=") {
+                        by_ins = list
+                            .split_whitespace()
+                            .filter_map(|p| {
+                                let (i, n) = p.split_once(':')?;
+                                Some((u8::from_str_radix(i, 16).ok()?, n.parse().ok()?))
+                            })
+                            .collect();
+                    } else if let Some(n) = line.strip_prefix("apdus=") {
+                        return (n.trim().parse().expect("apdus=N"), by_ins);
                     }
                 }
                 Err(_) => panic!(

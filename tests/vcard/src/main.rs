@@ -8,7 +8,8 @@
 //!
 //! Output contract (the test rig relies on it):
 //! - one line `pivault-vcard ready serial=… port=… version=…` on stdout once connected;
-//! - `apdus=N` on stdout on SIGUSR1 (at once) and on SIGTERM/SIGINT (then exit 0);
+//! - `apdus=N` on stdout on SIGUSR1 (at once) and on SIGTERM/SIGINT (then exit 0), after
+//!   `ins=A4:1 20:5 …` (APDUs per instruction byte, hex);
 //! - with `--fault`: `paused apdu=N ins=XX` (SIGUSR2 resumes), `vanished apdu=N ins=XX`;
 //! - diagnostics on stderr (`RUST_LOG=debug` shows APDUs, secrets redacted).
 //!
@@ -200,6 +201,8 @@ fn print_line(line: &str) {
 }
 
 fn print_apdu_count(apdus: &AtomicU64) {
+    // Per instruction first: a reader waiting for `apdus=` has both lines by then.
+    print_line(&format!("ins={}", transport::ins_summary()));
     print_line(&format!("apdus={}", apdus.load(Ordering::SeqCst)));
 }
 

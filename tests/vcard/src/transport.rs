@@ -41,6 +41,23 @@ enum Selected {
     Otp,
 }
 
+/// APDUs served per instruction byte (a benchmark's "where do the APDUs go"); one process
+/// serves one card, so a process-wide table is the card's.
+static BY_INS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+
+/// `A4:1 20:5 …`: the non-zero per-instruction counts, in instruction order.
+pub fn ins_summary() -> String {
+    BY_INS
+        .iter()
+        .enumerate()
+        .filter_map(|(ins, n)| {
+            let n = n.load(Ordering::SeqCst);
+            (n > 0).then(|| format!("{ins:02X}:{n}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub struct Card {
     pub piv: Piv,
     mgmt: Management,
@@ -236,6 +253,7 @@ impl vpicc::VSmartCard for Card {
     fn execute(&mut self, raw: &[u8]) -> Vec<u8> {
         let n = self.apdus.fetch_add(1, Ordering::SeqCst) + 1;
         let ins = raw.get(1).copied().unwrap_or(0);
+        BY_INS[usize::from(ins)].fetch_add(1, Ordering::SeqCst);
         match self.fault {
             Some(Fault::Vanish(at)) if at == n => {
                 // Pulled before the command is processed: everything acknowledged so far is
