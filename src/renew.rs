@@ -138,7 +138,12 @@ pub fn subject_of(cert: &Certificate) -> Subject {
 }
 
 /// Certificates on the token issued by `ca_subjects` (the configured CA's subject names).
-pub fn current(token: &mut dyn PivToken, ca_subjects: &[String]) -> Result<Vec<Current>, Error> {
+/// `is_ours` says whether a certificate issued by that subject (RFC 4514 string) came
+/// from the configured PKI; it may ask Vault, so it is asked only for issuers seen here.
+pub fn current(
+    token: &mut dyn PivToken,
+    is_ours: &mut dyn FnMut(&str) -> Result<bool, Error>,
+) -> Result<Vec<Current>, Error> {
     let mut out = Vec::new();
     for slot in Slot::all() {
         let Some(der) = token.read_certificate(slot)? else {
@@ -149,7 +154,7 @@ pub fn current(token: &mut dyn PivToken, ca_subjects: &[String]) -> Result<Vec<C
         };
         let tbs = cert.tbs_certificate();
         let issuer = tbs.issuer().to_string();
-        if !ca_subjects.contains(&issuer) {
+        if !is_ours(&issuer)? {
             log::info!("slot {slot}: certificate from {issuer}, not the configured CA; left alone");
             continue;
         }

@@ -69,21 +69,35 @@ pub fn run(cli: &Cli, a: &RenewArgs) -> Result<ExitCode, Error> {
                 .into(),
         ));
     }
-    let mut ca_subjects = Vec::new();
-    for pem in issuer.client().ca_chain()? {
-        for der in pivault::verify::pem_bundle_to_der(&pem)
-            .map_err(|e| Error::Config(format!("Vault's CA chain: {e}")))?
-        {
-            if let Ok(d) = pivault::verify::describe(&der) {
-                ca_subjects.push(d.subject);
+    // Which certificates on the token are ours: issued by a CA in the trust-anchor bundle,
+    // or else by one in Vault's public CA chain, read only when a slot's issuer is not in
+    // the bundle (with the issuing CA in the bundle, a renewal asks Vault nothing more
+    // than its login and signs).
+    let mut ca_subjects: Vec<String> = anchors_der
+        .iter()
+        .filter_map(|der| pivault::verify::describe(der).ok().map(|d| d.subject))
+        .collect();
+    let mut chain_read = false;
+    let mut is_ours = |issuer_subject: &str| -> Result<bool, Error> {
+        if !ca_subjects.iter().any(|s| s == issuer_subject) && !chain_read {
+            chain_read = true;
+            for pem in issuer.client().ca_chain()? {
+                for der in pivault::verify::pem_bundle_to_der(&pem)
+                    .map_err(|e| Error::Config(format!("Vault's CA chain: {e}")))?
+                {
+                    if let Ok(d) = pivault::verify::describe(&der) {
+                        ca_subjects.push(d.subject);
+                    }
+                }
             }
         }
-    }
+        Ok(ca_subjects.iter().any(|s| s == issuer_subject))
+    };
     let mut token = YubiKeyToken::open(&super::selector(&a.token)?)?;
     let serial = token.info().serial;
     let journal = Journal::new(&state_dir(a));
     let unfinished = journal.load(serial)?;
-    let all = renew::current(&mut token, &ca_subjects)?;
+    let all = renew::current(&mut token, &mut is_ours)?;
     // Whose name a certificate login may renew (the self roles bind the CN): for the hint.
     let login_cn = all
         .iter()
