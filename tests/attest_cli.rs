@@ -36,21 +36,7 @@ fn start(extra: &[&str]) -> Card {
 /// The card's TEST chain (root + intermediates) as PEM, written by the card binary from a
 /// copy of the running card's state (the copy cannot reach vpcd on port 1 and exits 3).
 fn exported_chain(card: &Card, dir: &Path) -> PathBuf {
-    let state = dir.join(format!("state-{}", card.serial));
-    fs::copy(&card.state, &state).expect("copy the card's state");
-    let chain = dir.join(format!("chain-{}.pem", card.serial));
-    let out = run({
-        let mut c = Command::new(vcard_bin());
-        c.arg("--state")
-            .arg(&state)
-            .args(["--serial", &card.serial.to_string(), "--version", VERSION])
-            .arg("--export-attestation-chain")
-            .arg(&chain)
-            .args(["--port", "1", "--connect-timeout", "0"]);
-        c
-    });
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    chain
+    card.export_attestation_chain(dir)
 }
 
 /// Generates a key with the `yubikey` crate (factory management key); its SPKI, DER.

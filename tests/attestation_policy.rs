@@ -23,14 +23,14 @@
 
 mod common;
 
-use common::card::{vcard_bin, Card, CardOptions};
+use common::card::{Card, CardOptions};
 use common::run::{self, ok, pivault, text, tool};
 use common::vault::{read_audit, SignEvent, Vault, VaultOptions};
 use der::{Decode, Encode};
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const PIN: &str = "123456";
 
@@ -78,25 +78,6 @@ fn pem_der(pem: &str) -> Vec<u8> {
     der::pem::decode_vec(&pem.as_bytes()[start..])
         .expect("PEM decodes")
         .1
-}
-
-/// The card's TEST attestation chain, exported by the card binary from a copy of its state.
-fn exported_chain(card: &Card, version: &str, dir: &Path) -> PathBuf {
-    let state = dir.join(format!("state-{}", card.serial));
-    fs::copy(&card.state, &state).expect("copy the card's state");
-    let chain = dir.join(format!("chain-{}.pem", card.serial));
-    let out = run::run({
-        let mut c = Command::new(vcard_bin());
-        c.arg("--state")
-            .arg(&state)
-            .args(["--serial", &card.serial.to_string(), "--version", version])
-            .arg("--export-attestation-chain")
-            .arg(&chain)
-            .args(["--port", "1", "--connect-timeout", "0"]);
-        c
-    });
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    chain
 }
 
 fn pin_verifies(card: &Card, pin: &str) -> bool {
@@ -265,7 +246,7 @@ fn attested_pin_policy_refused_after_generation_sends_nothing() {
     let vault = audited_vault();
     let card = card("5.7.4");
     let dir = tempfile::tempdir().expect("tmp");
-    let chain = exported_chain(&card, "5.7.4", dir.path());
+    let chain = card.export_attestation_chain(dir.path());
     let mut env = vault.pivault_env();
     env.push(("PIVAULT_PIN".into(), PIN.into()));
     let mut c = run::enroll_cmd(
@@ -306,7 +287,7 @@ fn enroll_csr_carries_the_attestation() {
     let vault = audited_vault();
     let card = card("5.7.4");
     let dir = tempfile::tempdir().expect("tmp");
-    let chain = exported_chain(&card, "5.7.4", dir.path());
+    let chain = card.export_attestation_chain(dir.path());
     let mut env = vault.pivault_env();
     env.push(("PIVAULT_PIN".into(), PIN.into()));
     let mut c = run::enroll_cmd(
@@ -395,7 +376,7 @@ fn station_rekey_refused_after_generation_keeps_the_old_key_on_5_7() {
     let vault = audited_vault();
     let card = card("5.7.4");
     let dir = tempfile::tempdir().expect("tmp");
-    let chain = exported_chain(&card, "5.7.4", dir.path());
+    let chain = card.export_attestation_chain(dir.path());
     let roots = chain.to_str().expect("path");
     let s = station_setup(card.serial, "[[slot]]\nslot = \"9a\"\n", "");
     let o = station(&vault, &s, &card, &["--attestation-roots", roots]);

@@ -9,13 +9,11 @@
 
 mod common;
 
-use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::SystemTime;
 
-use common::card::{vcard_bin, Card, CardOptions};
-use common::run::{ok, run, text, tool};
+use common::card::{Card, CardOptions};
+use common::run::{ok, tool};
 use der::Encode;
 use pivault::attestation::{
     self, AttestationError, AttestationPolicy, Edition, FormFactor, KeyAlgorithm, PolicyRefusal,
@@ -91,22 +89,9 @@ fn f9(card: &Card) -> Vec<u8> {
 
 /// The card's TEST chain (root + two intermediates), written by the card binary from a
 /// copy of the running card's state (the copy cannot reach vpcd on port 1 and exits 3).
-fn exported_bundle(card: &Card, version: &str, dir: &Path) -> TrustBundle {
-    let state = dir.join(format!("state-{}", card.serial));
-    fs::copy(&card.state, &state).expect("copy the card's state");
-    let chain = dir.join(format!("chain-{}.pem", card.serial));
-    let out = run({
-        let mut c = Command::new(vcard_bin());
-        c.arg("--state")
-            .arg(&state)
-            .args(["--serial", &card.serial.to_string(), "--version", version])
-            .arg("--export-attestation-chain")
-            .arg(&chain)
-            .args(["--port", "1", "--connect-timeout", "0"]);
-        c
-    });
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    TrustBundle::from_file(&chain).expect("the exported chain is a usable bundle")
+fn exported_bundle(card: &Card, dir: &Path) -> TrustBundle {
+    TrustBundle::from_file(&card.export_attestation_chain(dir))
+        .expect("the exported chain is a usable bundle")
 }
 
 fn all_algorithms() -> Vec<(&'static str, SlotId, AlgorithmId, KeyAlgorithm)> {
@@ -147,7 +132,7 @@ fn all_algorithms() -> Vec<(&'static str, SlotId, AlgorithmId, KeyAlgorithm)> {
 fn every_algorithm_verifies_on(version: &str, chain_via: &str) {
     let card = start(version);
     let dir = tempfile::tempdir().expect("temporary directory");
-    let bundle = exported_bundle(&card, version, dir.path());
+    let bundle = exported_bundle(&card, dir.path());
     assert_eq!(bundle.root_names(), [TEST_ROOT]);
     let keys = generate(
         &card,
@@ -225,8 +210,8 @@ fn every_algorithm_attests_on_5_7_2() {
 fn forged_attestations_are_refused_with_the_reason() {
     let (a, b) = (start("5.7.4"), start("5.7.4"));
     let dir = tempfile::tempdir().expect("temporary directory");
-    let bundle_a = exported_bundle(&a, "5.7.4", dir.path());
-    let bundle_b = exported_bundle(&b, "5.7.4", dir.path());
+    let bundle_a = exported_bundle(&a, dir.path());
+    let bundle_b = exported_bundle(&b, dir.path());
     let p256 = [(
         "9a",
         SlotId::Authentication,
@@ -361,7 +346,7 @@ fn forged_attestations_are_refused_with_the_reason() {
 fn policy_refuses_by_rule_on_card_attestations() {
     let card = start("5.4.3");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let bundle = exported_bundle(&card, "5.4.3", dir.path());
+    let bundle = exported_bundle(&card, dir.path());
     let keys = generate(
         &card,
         &[(
@@ -413,7 +398,7 @@ fn policy_refuses_by_rule_on_card_attestations() {
 fn yubikey4_profile_attests_no_serial() {
     let card = start("4.3.7");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let bundle = exported_bundle(&card, "4.3.7", dir.path());
+    let bundle = exported_bundle(&card, dir.path());
     let keys = generate(
         &card,
         &[(

@@ -15,12 +15,11 @@
 
 mod common;
 
-use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::SystemTime;
 
-use common::card::{vcard_bin, Card, CardOptions};
+use common::card::{Card, CardOptions};
 use common::run::{ok, run, text, tool};
 use common::vault::Vault;
 use const_oid::ObjectIdentifier;
@@ -142,21 +141,8 @@ fn sign(v: &Vault, token: &str, csr: &str) -> (u16, serde_json::Value) {
 
 /// The card's TEST chain, as attestation_vcard.rs exports it (`--export-attestation-chain`).
 fn exported_bundle(card: &Card, dir: &Path) -> TrustBundle {
-    let state = dir.join("state");
-    fs::copy(&card.state, &state).expect("copy the card's state");
-    let chain = dir.join("chain.pem");
-    let out = run({
-        let mut c = Command::new(vcard_bin());
-        c.arg("--state")
-            .arg(&state)
-            .args(["--serial", &card.serial.to_string(), "--version", VERSION])
-            .arg("--export-attestation-chain")
-            .arg(&chain)
-            .args(["--port", "1", "--connect-timeout", "0"]);
-        c
-    });
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    TrustBundle::from_file(&chain).expect("the exported chain is a usable bundle")
+    TrustBundle::from_file(&card.export_attestation_chain(dir))
+        .expect("the exported chain is a usable bundle")
 }
 
 #[test]

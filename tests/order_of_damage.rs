@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::card::{vcard_bin, Card, CardOptions};
+use common::card::{Card, CardOptions};
 use common::run::{self, ok, text, tool};
 use common::vault::Vault;
 use serde_json::Value;
@@ -112,25 +112,6 @@ fn usage_mismatch_is_a_warning_unless_strict() {
     );
 }
 
-/// The card's TEST attestation chain, exported by the card binary from a copy of its state.
-fn exported_chain(card: &Card, version: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    let state = dir.join(format!("state-{}", card.serial));
-    std::fs::copy(&card.state, &state).expect("copy the card's state");
-    let chain = dir.join(format!("chain-{}.pem", card.serial));
-    let out = run::run({
-        let mut c = std::process::Command::new(vcard_bin());
-        c.arg("--state")
-            .arg(&state)
-            .args(["--serial", &card.serial.to_string(), "--version", version])
-            .arg("--export-attestation-chain")
-            .arg(&chain)
-            .args(["--port", "1", "--connect-timeout", "0"]);
-        c
-    });
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    chain
-}
-
 /// Retired slots holding a key, by GET METADATA through the `yubikey` crate.
 fn retired_keys(card: &Card) -> Vec<u8> {
     let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial)).expect("open");
@@ -147,7 +128,7 @@ fn rekeying_on_5_7_keeps_the_old_key_until_the_new_one_is_certified() {
     let vault = Vault::start();
     let card = card("5.7.4");
     let dir = tempfile::tempdir().expect("tmp");
-    let chain = exported_chain(&card, "5.7.4", dir.path());
+    let chain = card.export_attestation_chain(dir.path());
     let enroll = |extra: &[&str]| {
         let mut c = run::enroll_cmd(
             &card,

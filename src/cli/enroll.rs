@@ -198,23 +198,7 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
     if counter.is_none() && interactive && sel.serial.is_none() && sel.reader.is_none() {
         let tokens = pivault::piv::yubikey::list()?;
         if tokens.len() > 1 {
-            for (i, t) in tokens.iter().enumerate() {
-                eprintln!(
-                    "  {}) {} (firmware {}) in '{}'",
-                    i + 1,
-                    t.serial,
-                    t.version,
-                    t.reader
-                );
-            }
-            let pick = ask("Which token", Some("1"))?;
-            let t = pick
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| n.checked_sub(1))
-                .and_then(|i| tokens.get(i))
-                .ok_or_else(|| Error::Usage(format!("'{pick}' is not one of the listed tokens")))?;
+            let t = super::helpdesk::pick_token(&tokens)?;
             sel.serial = Some(t.serial);
             sel.reader = Some(t.reader.clone());
         }

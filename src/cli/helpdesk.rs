@@ -11,9 +11,29 @@ use super::enroll::ask;
 use super::secrets::{self, Source};
 use pivault::error::Error;
 use pivault::piv::yubikey::{Selector, YubiKeyToken};
-use pivault::piv::{MgmAlgorithm, PivToken, DEFAULT_MGM_KEY_HEX};
+use pivault::piv::{MgmAlgorithm, PivToken, TokenInfo, DEFAULT_MGM_KEY_HEX};
 use pivault::secret::MgmKeyHex;
 use pivault::secret::Pin;
+
+/// List the tokens present, numbered, and ask which one (the first by default).
+pub fn pick_token(tokens: &[TokenInfo]) -> Result<&TokenInfo, Error> {
+    for (i, t) in tokens.iter().enumerate() {
+        eprintln!(
+            "  {}) {} (firmware {}) in '{}'",
+            i + 1,
+            t.serial,
+            t.version,
+            t.reader
+        );
+    }
+    let pick = ask("Which token", Some("1"))?;
+    pick.trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|i| tokens.get(i))
+        .ok_or_else(|| Error::Usage(format!("'{pick}' is not one of the listed tokens")))
+}
 
 /// Choose the token (asking when several are present and none is named), show its state
 /// and ask whether to go on. Nothing is written to the token here.
@@ -29,25 +49,7 @@ pub fn counter_token(mut sel: Selector) -> Result<Option<YubiKeyToken>, Error> {
             1 => {}
             _ => {
                 eprintln!("Tokens present:");
-                for (i, t) in tokens.iter().enumerate() {
-                    eprintln!(
-                        "  {}) {} (firmware {}) in '{}'",
-                        i + 1,
-                        t.serial,
-                        t.version,
-                        t.reader
-                    );
-                }
-                let pick = ask("Which token", Some("1"))?;
-                let t = pick
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|n| n.checked_sub(1))
-                    .and_then(|i| tokens.get(i))
-                    .ok_or_else(|| {
-                        Error::Usage(format!("'{pick}' is not one of the listed tokens"))
-                    })?;
+                let t = pick_token(&tokens)?;
                 sel.serial = Some(t.serial);
                 sel.reader = Some(t.reader.clone());
             }

@@ -4,7 +4,7 @@
 use super::answers;
 use super::client::{check_name, check_path};
 use super::error::{ReqKind, VaultError};
-use super::transport::{Payload, Repeat, Request, SecretBuf};
+use super::transport::{Answer, Payload, Repeat, Request, SecretBuf};
 use super::{Health, KvMeta, SignRequest, SignedCert, VaultClient};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -16,11 +16,21 @@ impl VaultClient {
     /// standby nodes answer too: see the fields.
     pub fn health(&self) -> Result<Health, VaultError> {
         let path = "sys/health";
-        let ans = self.inner.http.send(
+        let ans = self.health_answer()?;
+        if ans.status != 200 {
+            return Err(self.error(path, ReqKind::Other, &ans));
+        }
+        answers::health(path, &ans.body, ans.addr)
+    }
+
+    /// The raw answer of `sys/health` (no token, no namespace header). Every state
+    /// answers 200, so that the state is data, not an error; `doctor` also reads its
+    /// `Date` header.
+    pub(super) fn health_answer(&self) -> Result<Answer, VaultError> {
+        self.inner.http.send(
             &Request {
                 method: Method::GET,
-                path,
-                // Every state answers 200, so that the state is data, not an error.
+                path: "sys/health",
                 query: "standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200",
                 body: &Payload::None,
                 token: None,
@@ -29,11 +39,7 @@ impl VaultClient {
                 kind: ReqKind::Other,
             },
             self.deadline(),
-        )?;
-        if ans.status != 200 {
-            return Err(self.error(path, ReqKind::Other, &ans));
-        }
-        answers::health(path, &ans.body, ans.addr)
+        )
     }
 
     /// Pre-flight before touching a token: logged in (or can log in), the policy allows

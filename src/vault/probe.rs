@@ -2,7 +2,7 @@
 //! the token may do on a path (`sys/capabilities-self`).
 
 use super::error::{ReqKind, VaultError};
-use super::transport::{Payload, Repeat, Request};
+use super::transport::{Payload, Repeat};
 use super::VaultClient;
 use reqwest::Method;
 use serde::Deserialize;
@@ -35,19 +35,7 @@ impl VaultClient {
     /// Vault's clock, from the `Date` header of `sys/health` (no token, no namespace).
     pub fn clock(&self) -> Result<ServerClock, VaultError> {
         let path = "sys/health";
-        let ans = self.inner.http.send(
-            &Request {
-                method: Method::GET,
-                path,
-                query: "standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200",
-                body: &Payload::None,
-                token: None,
-                namespace: false,
-                repeat: Repeat::Always,
-                kind: ReqKind::Other,
-            },
-            self.deadline(),
-        )?;
+        let ans = self.health_answer()?;
         let server = ans.date.ok_or_else(|| VaultError::BadResponse {
             path: path.into(),
             detail: "no readable Date header".into(),

@@ -108,6 +108,37 @@ struct CardProcess {
 }
 
 impl Card {
+    /// The card's TEST attestation chain (root + intermediates) as PEM in `dir`, written
+    /// by the card binary from a copy of this card's state (the copy cannot reach vpcd on
+    /// port 1 and exits 3): the `--attestation-roots` file for pivault and the tests.
+    pub fn export_attestation_chain(&self, dir: &Path) -> PathBuf {
+        let state = dir.join(format!("state-{}", self.serial));
+        fs::copy(&self.state, &state).expect("copy the card's state");
+        let chain = dir.join(format!("chain-{}.pem", self.serial));
+        let out = Command::new(vcard_bin())
+            .arg("--state")
+            .arg(&state)
+            .args([
+                "--serial",
+                &self.serial.to_string(),
+                "--version",
+                &self.version,
+            ])
+            .arg("--export-attestation-chain")
+            .arg(&chain)
+            .args(["--port", "1", "--connect-timeout", "0"])
+            .output()
+            .expect("run pivault-vcard");
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        chain
+    }
+
     pub fn start() -> Card {
         Card::start_with(CardOptions::default())
     }
