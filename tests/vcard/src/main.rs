@@ -9,6 +9,7 @@
 //! Output contract (the test rig relies on it):
 //! - one line `pivault-vcard ready serial=… port=… version=…` on stdout once connected;
 //! - `apdus=N` on stdout on SIGUSR1 (at once) and on SIGTERM/SIGINT (then exit 0), after
+//!   `busy_us=N` (microseconds spent on APDUs, command in to answer out) and
 //!   `ins=A4:1 20:5 …` (APDUs per instruction byte, hex);
 //! - with `--fault`: `paused apdu=N ins=XX` (SIGUSR2 resumes), `vanished apdu=N ins=XX`;
 //! - diagnostics on stderr (`RUST_LOG=debug` shows APDUs, secrets redacted).
@@ -201,7 +202,9 @@ fn print_line(line: &str) {
 }
 
 fn print_apdu_count(apdus: &AtomicU64) {
-    // Per instruction first: a reader waiting for `apdus=` has both lines by then.
+    // Busy time and per instruction first: a reader waiting for `apdus=` has all three
+    // lines by then.
+    print_line(&format!("busy_us={}", transport::busy_us()));
     print_line(&format!("ins={}", transport::ins_summary()));
     print_line(&format!("apdus={}", apdus.load(Ordering::SeqCst)));
 }

@@ -45,6 +45,15 @@ enum Selected {
 /// serves one card, so a process-wide table is the card's.
 static BY_INS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 
+/// Microseconds the card spent on APDUs, command in to answer out (the timing profile's
+/// waits included; a `--fault pause` excluded): what a benchmark sets wall time against.
+static BUSY_US: AtomicU64 = AtomicU64::new(0);
+
+/// The card's busy time so far, in microseconds (see [`BUSY_US`]).
+pub fn busy_us() -> u64 {
+    BUSY_US.load(Ordering::SeqCst)
+}
+
 /// `A4:1 20:5 …`: the non-zero per-instruction counts, in instruction order.
 pub fn ins_summary() -> String {
     BY_INS
@@ -266,6 +275,7 @@ impl vpicc::VSmartCard for Card {
             Some(Fault::PauseBefore(at)) if at == n => self.pauser.pause(n, ins),
             _ => {}
         }
+        let started = std::time::Instant::now();
         let response = self.process(raw);
         let response = match self.persist(false) {
             Ok(()) => response,
@@ -274,6 +284,8 @@ impl vpicc::VSmartCard for Card {
                 Response::status(sw::MEMORY_FAILURE).to_bytes()
             }
         };
+        let spent = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        BUSY_US.fetch_add(spent, Ordering::SeqCst);
         if let Some(Fault::PauseAfter(at)) = self.fault {
             if at == n {
                 self.pauser.pause(n, ins);
