@@ -399,7 +399,22 @@ pub fn enroll_slot(
             token.verify_pin(pin)?;
         }
         let csr_att = attested.as_ref().map(|a| a.for_csr(setup.csr_legacy_oid));
-        let csr = csr::build_and_sign(token, at, &key, &sp.subject, csr_att.as_ref())?;
+        let csr = match csr::build_and_sign(token, at, &key, &sp.subject, csr_att.as_ref()) {
+            // Another PC/SC client that SELECTs another application on the card between
+            // two of our commands (Debian's ykman listing every reader, a desktop
+            // smart-card daemon) ends the PIV application's PIN session (SP 800-73-4 part
+            // 2, 3.1.1). The PIN is known to be right, so verifying it again spends no
+            // try; signed once more, still before anything goes to Vault.
+            Err(csr::CsrError::Token(TokenError::PinRequired)) if !pin_before_use => {
+                log::info!(
+                    "slot {}: the PIN session ended; verifying the PIN again",
+                    sp.slot
+                );
+                token.verify_pin(pin)?;
+                csr::build_and_sign(token, at, &key, &sp.subject, csr_att.as_ref())?
+            }
+            r => r?,
+        };
         step(token, obs, sp.slot, Step::Requesting(sp.role));
         obs.requesting(sp.slot)?;
         let issued = ctx.issuer.issue(

@@ -47,6 +47,10 @@ pub enum TokenError {
     NoProtectedMgmKey,
     #[error("{what} is not supported by this token (firmware {version})")]
     NotSupported { what: String, version: String },
+    /// SECURITY STATUS NOT SATISFIED to a private-key operation: the PIN is not verified
+    /// in this PIV session (or a touch was not given).
+    #[error("the token refused the key operation: PIN (or touch) required")]
+    PinRequired,
     #[error("PC/SC: {0}")]
     Pcsc(String),
     #[error("token operation '{op}' failed: {detail}")]

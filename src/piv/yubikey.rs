@@ -864,10 +864,7 @@ impl PivToken for YubiKeyToken {
         piv::sign_data(&mut self.yk, input, alg_id(alg), slot_id(slot))
             .map(|b| b.to_vec())
             .map_err(|e| match e {
-                yubikey::Error::AuthenticationError => TokenError::Card {
-                    op: "sign",
-                    detail: "the token refused: PIN (or touch) required".into(),
-                },
+                yubikey::Error::AuthenticationError => TokenError::PinRequired,
                 e => self.fail("sign", e),
             })
     }
