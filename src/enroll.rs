@@ -1,6 +1,9 @@
-//! The enrollment workflow: check → unlock → generate → CSR (signed on the card) → Vault
-//! sign → verify → import → read back → report. Batch provisioning and renewal reuse the
+//! The enrollment workflow: check → unlock → generate → attest → CSR (signed on the card)
+//! → Vault sign → verify → import → report. Batch provisioning and renewal reuse the
 //! pieces here; there is no second copy of these steps.
+//! (About 560 lines on purpose: one slot's steps stay in one file so that the order of
+//! damage reads top to bottom; the certificate checks and import are in `enroll/import.rs`,
+//! staging for MOVE KEY in `enroll/staged.rs`, the unit tests in `enroll_tests.rs`.)
 
 use crate::csr::{self, Subject};
 use crate::error::Error;

@@ -1,5 +1,6 @@
 //! The client: login and token upkeep, authenticated requests, input checks. The
 //! contract's endpoints are in `endpoints.rs`, the reading of answers in `answers.rs`.
+//! (Over 500 lines: the last ~120 are its unit tests.)
 
 use super::answers::{self, AuthData, MAX_LEASE_SECS};
 use super::error::{from_response, ErrCtx, ReqKind, VaultError};
