@@ -678,3 +678,49 @@ fn firmware_5_7_metadata_drives_enroll_and_status() {
         "ykman sees no AES-192 management key: {info}"
     );
 }
+
+/// Another PC/SC client that SELECTs the PIV application between two of pivault's commands
+/// (Debian's ykman 4 does it on every reader it lists; seen in CI) ends the card's PIN
+/// verification and management-key authentication. Modelled by the virtual card right
+/// after the key is generated: pivault verifies the PIN again before the on-card CSR
+/// signature, authenticates again for the certificate write, and the slot ends with its
+/// certificate, issued once.
+#[test]
+fn a_pin_session_ended_by_another_client_mid_slot_is_taken_up_again() {
+    let vault = Vault::start();
+    let card = Card::start_with(CardOptions {
+        args: vec!["--fault".into(), "reselect-after-ins@47".into()],
+        ..Default::default()
+    });
+    let o = run::run(enroll_cmd(
+        &card,
+        &env_for(&vault),
+        &["--json", "--slot", "9a", "--cn", "Jane Session"],
+    ));
+    assert!(
+        card.wait_line("reselected apdu=", std::time::Duration::from_secs(5))
+            .is_some(),
+        "the card never ended the session"
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let doc = json(&o);
+    assert_eq!(doc["slots"][0]["result"], "enrolled", "{doc}");
+    // What the card holds, read by another client: the certificate pivault reported.
+    let pem = run::piv_tool_read_cert(&card.reader, "9a");
+    assert!(pem.contains("BEGIN CERTIFICATE"), "9a: {pem}");
+    let serial = doc["slots"][0]["certificate_serial"]
+        .as_str()
+        .expect("serial");
+    // Counted from Vault (an error, never an empty list, when Vault cannot be asked).
+    let new: Vec<_> = vault
+        .try_issued_serials()
+        .expect("Vault's certificate list")
+        .into_iter()
+        .collect();
+    assert_eq!(new.len(), 1, "certificates issued by this run: {new:?}");
+    assert_eq!(
+        new[0].replace('-', ":").to_lowercase(),
+        serial.to_lowercase(),
+        "{new:?}"
+    );
+}

@@ -10,6 +10,11 @@
 //!   processed and its state saved but before the answer is sent, print
 //!   `paused apdu=N ins=XX` on stdout and wait for SIGUSR2. A harness can SIGKILL the
 //!   client (or the card) while it waits.
+//! - `reselect-after-ins@XX` (XX hex): after the first APDU with instruction XX, the card
+//!   forgets the PIN verification and management-key authentication as a SELECT of the
+//!   PIV application would (SP 800-73-4 Part 2, 3.1.1), and prints `reselected apdu=N
+//!   ins=XX`: what a client sees when another PC/SC client (Debian's ykman 4 lists every
+//!   reader this way) selects the application between two of its commands.
 
 use std::io::Write as _;
 use std::sync::{Arc, Condvar, Mutex};
@@ -19,12 +24,23 @@ pub enum Fault {
     Vanish(u64),
     PauseBefore(u64),
     PauseAfter(u64),
+    ReselectAfterIns(u8),
 }
 
 impl Fault {
     pub fn parse(s: &str) -> Result<Fault, String> {
-        let usage = || format!("{s:?}: expected vanish@N, pause-before@N or pause-after@N (N ≥ 1)");
+        let usage = || {
+            format!(
+                "{s:?}: expected vanish@N, pause-before@N or pause-after@N (N ≥ 1), \
+                 or reselect-after-ins@XX (XX hex)"
+            )
+        };
         let (kind, n) = s.split_once('@').ok_or_else(usage)?;
+        if kind == "reselect-after-ins" {
+            return u8::from_str_radix(n, 16)
+                .map(Fault::ReselectAfterIns)
+                .map_err(|_| usage());
+        }
         let n: u64 = n.parse().map_err(|_| usage())?;
         if n == 0 {
             return Err(usage());
@@ -72,6 +88,11 @@ mod tests {
     fn faults_parse() {
         assert_eq!(Fault::parse("vanish@3"), Ok(Fault::Vanish(3)));
         assert_eq!(Fault::parse("pause-after@12"), Ok(Fault::PauseAfter(12)));
+        assert_eq!(
+            Fault::parse("reselect-after-ins@47"),
+            Ok(Fault::ReselectAfterIns(0x47))
+        );
+        assert!(Fault::parse("reselect-after-ins@zz").is_err());
         assert!(Fault::parse("vanish@0").is_err());
         assert!(Fault::parse("explode@1").is_err());
     }

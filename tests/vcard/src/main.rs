@@ -11,7 +11,7 @@
 //! - `apdus=N` on stdout on SIGUSR1 (at once) and on SIGTERM/SIGINT (then exit 0), after
 //!   `busy_us=N` (microseconds spent on APDUs, command in to answer out) and
 //!   `ins=A4:1 20:5 …` (APDUs per instruction byte, hex);
-//! - with `--fault`: `paused apdu=N ins=XX` (SIGUSR2 resumes), `vanished apdu=N ins=XX`;
+//! - with `--fault`: `paused apdu=N ins=XX` (SIGUSR2 resumes), `vanished apdu=N ins=XX`, `reselected apdu=N ins=XX`;
 //! - diagnostics on stderr (`RUST_LOG=debug` shows APDUs, secrets redacted).
 //!
 //! Exit codes: 0 stopped by a signal, 1 vpcd closed the connection (pcscd stopped) or an
@@ -107,7 +107,8 @@ struct Args {
     /// management applet's device info says so).
     #[arg(long)]
     pin_complexity: bool,
-    /// Crash-test hook: vanish@N, pause-before@N, pause-after@N (faults.rs).
+    /// Crash-test hook: vanish@N, pause-before@N, pause-after@N, reselect-after-ins@XX
+    /// (faults.rs).
     #[arg(long, value_parser = Fault::parse)]
     fault: Option<Fault>,
     /// Test attestation CA (PEM with keys, from a previous --export or attest.rs) to sign

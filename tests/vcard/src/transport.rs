@@ -286,10 +286,17 @@ impl vpicc::VSmartCard for Card {
         };
         let spent = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         BUSY_US.fetch_add(spent, Ordering::SeqCst);
-        if let Some(Fault::PauseAfter(at)) = self.fault {
-            if at == n {
-                self.pauser.pause(n, ins);
+        match self.fault {
+            Some(Fault::PauseAfter(at)) if at == n => self.pauser.pause(n, ins),
+            Some(Fault::ReselectAfterIns(at))
+                if at == ins && BY_INS[usize::from(ins)].load(Ordering::SeqCst) == 1 =>
+            {
+                self.piv.vol = Default::default();
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "reselected apdu={n} ins={ins:02X}");
+                let _ = out.flush();
             }
+            _ => {}
         }
         response
     }
