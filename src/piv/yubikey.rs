@@ -546,44 +546,14 @@ impl YubiKeyToken {
     }
 
     /// One command the crate cannot send, on a PC/SC handle of our own (shared, no
-    /// SELECT) in one transaction; the answer's status word.
+    /// SELECT) in one transaction (`in_transaction`); the answer's status word. A PC/SC
+    /// failure is reported as a failure of `op`.
     fn raw_command(&self, op: &'static str, apdu: &[u8]) -> Result<u16, TokenError> {
-        let pcsc_err = |e: pcsc::Error| {
-            if is_removed(&e) {
-                TokenError::CardRemoved
-            } else {
-                TokenError::Card {
-                    op,
-                    detail: e.to_string(),
-                }
-            }
-        };
-        let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(pcsc_err)?;
-        let name =
-            std::ffi::CString::new(self.info.reader.clone()).map_err(|_| TokenError::Card {
-                op,
-                detail: "reader name".into(),
-            })?;
-        let mut card = ctx
-            .connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
-            .map_err(pcsc_err)?;
-        let sw = {
-            let tx = card.transaction().map_err(pcsc_err)?;
-            let mut buf = [0u8; 258];
-            let r = tx.transmit(apdu, &mut buf).map_err(pcsc_err)?;
-            match r {
-                [.., a, b] => u16::from_be_bytes([*a, *b]),
-                _ => {
-                    return Err(TokenError::Card {
-                        op,
-                        detail: "an answer without status word".into(),
-                    })
-                }
-            }
-        };
-        // Leave the card as it is: the crate's handle goes on with the same session.
-        let _ = card.disconnect(pcsc::Disposition::LeaveCard);
-        Ok(sw)
+        self.in_transaction(|tx| transmit(tx, apdu))
+            .map_err(|e| match e {
+                TokenError::Pcsc(detail) => TokenError::Card { op, detail },
+                e => e,
+            })
     }
 
     fn object_present(&mut self, id: u32) -> Result<bool, TokenError> {
@@ -888,20 +858,14 @@ impl PivToken for YubiKeyToken {
                 self.reauthenticate("move key")?;
                 match self.raw_command("move key", &apdu)? {
                     0x9000 => Ok(()),
-                    sw => Err(TokenError::Card {
-                        op: "move key",
-                        detail: format!("the token answered status {sw:04X}"),
-                    }),
+                    sw => Err(status_error("move key", sw)),
                 }
             }
             0x6A88 => Err(TokenError::Card {
                 op: "move key",
                 detail: format!("slot {from} holds no key"),
             }),
-            sw => Err(TokenError::Card {
-                op: "move key",
-                detail: format!("the token answered status {sw:04X}"),
-            }),
+            sw => Err(status_error("move key", sw)),
         }
     }
 
