@@ -1127,13 +1127,7 @@ impl Cluster {
         // later). A disagreement that lasts 20 s fails; anything else fails at once.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let listed: HashSet<String> = self
-                .api()
-                .cert_serials()?
-                .difference(&self.baseline_certs)
-                .cloned()
-                .collect();
-            let events = read_audit(std::slice::from_ref(&self.audit_log), None, "pki")?;
+            let (listed, events) = self.issuance_sources()?;
             match Issuance::new(listed, events) {
                 Err(e) if e.0.contains("disagree") && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(500));
@@ -1141,6 +1135,19 @@ impl Cluster {
                 r => return r,
             }
         }
+    }
+
+    /// The two sources of a count, unchecked: serials listed since provisioning (any node
+    /// that answers) and the sign requests in the audit log.
+    fn issuance_sources(&self) -> Result<(HashSet<String>, Vec<SignEvent>), CountError> {
+        let listed = self
+            .api()
+            .cert_serials()?
+            .difference(&self.baseline_certs)
+            .cloned()
+            .collect();
+        let events = read_audit(std::slice::from_ref(&self.audit_log), None, "pki")?;
+        Ok((listed, events))
     }
 
     /// As [`Cluster::issuance`], for a run that left up to `in_doubt` signs without an
@@ -1153,13 +1160,7 @@ impl Cluster {
     pub fn issuance_with_unanswered(&self, in_doubt: usize) -> Result<Issuance, CountError> {
         match self.issuance() {
             Err(e) if e.0.contains("disagree") => {
-                let listed: HashSet<String> = self
-                    .api()
-                    .cert_serials()?
-                    .difference(&self.baseline_certs)
-                    .cloned()
-                    .collect();
-                let events = read_audit(std::slice::from_ref(&self.audit_log), None, "pki")?;
+                let (listed, events) = self.issuance_sources()?;
                 let audited: HashSet<String> =
                     events.iter().filter_map(|e| e.serial.clone()).collect();
                 let only_listed = listed.difference(&audited).count();
