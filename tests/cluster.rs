@@ -224,24 +224,7 @@ fn enroll_with_the_leader_frozen_past_the_deadline_then_resumed() {
 
 /// A station profile for `serials`: 9a and 9d, credentials changed and escrowed.
 fn station_profile(dir: &std::path::Path, serials: &[u32]) -> std::path::PathBuf {
-    let list: String = serials
-        .iter()
-        .map(|s| {
-            format!(
-                "[[token]]\nserial = {s}\nname = \"User {s}\"\nemail = \"user{s}@example.org\"\n"
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("tokens.toml"), list).expect("allow-list");
-    let profile = dir.join("station.toml");
-    std::fs::write(
-        &profile,
-        "common_name = \"{name}\"\nemail = \"{email}\"\n\n[credentials]\npin_length = 8\n\
-         puk_length = 8\nmgmt_key = \"best\"\nprotect_mgmt_key = true\n\n[tokens]\n\
-         allow_list = \"tokens.toml\"\n\n[[slot]]\nslot = \"9a\"\n\n[[slot]]\nslot = \"9d\"\n",
-    )
-    .expect("profile");
-    profile
+    run::station_profile(dir, serials, &["9a", "9d"])
 }
 
 /// How the leader is taken away during a station batch.

@@ -127,42 +127,7 @@ fn enroll_apdus_by_instruction_at_the_floor() {
 
 /// A station profile for one token and four P-256 slots (the contract's default roles).
 fn station_profile(dir: &Path, serial: u32) -> std::path::PathBuf {
-    std::fs::write(
-        dir.join("tokens.toml"),
-        format!("[[token]]\nserial = {serial}\nname = \"User {serial}\"\nemail = \"user{serial}@example.org\"\n"),
-    )
-    .expect("allow-list");
-    let profile = dir.join("station.toml");
-    std::fs::write(
-        &profile,
-        r#"
-common_name = "{name}"
-email = "{email}"
-
-[credentials]
-pin_length = 8
-puk_length = 8
-mgmt_key = "best"
-protect_mgmt_key = true
-
-[tokens]
-allow_list = "tokens.toml"
-
-[[slot]]
-slot = "9a"
-
-[[slot]]
-slot = "9c"
-
-[[slot]]
-slot = "9d"
-
-[[slot]]
-slot = "9e"
-"#,
-    )
-    .expect("profile");
-    profile
+    run::station_profile(dir, &[serial], &["9a", "9c", "9d", "9e"])
 }
 
 #[test]

@@ -19,39 +19,7 @@ struct Setup {
 
 fn setup(serials: &[u32]) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let list: String = serials
-        .iter()
-        .map(|s| {
-            format!(
-                "[[token]]\nserial = {s}\nname = \"User {s}\"\nemail = \"user{s}@example.org\"\n"
-            )
-        })
-        .collect();
-    std::fs::write(dir.path().join("tokens.toml"), list).expect("allow-list");
-    let profile = dir.path().join("station.toml");
-    std::fs::write(
-        &profile,
-        r#"
-common_name = "{name}"
-email = "{email}"
-
-[credentials]
-pin_length = 8
-puk_length = 8
-mgmt_key = "best"
-protect_mgmt_key = true
-
-[tokens]
-allow_list = "tokens.toml"
-
-[[slot]]
-slot = "9a"
-
-[[slot]]
-slot = "9d"
-"#,
-    )
-    .expect("profile");
+    let profile = run::station_profile(dir.path(), serials, &["9a", "9d"]);
     Setup {
         report: dir.path().join("report.jsonl"),
         journal: dir.path().join("journal"),

@@ -336,3 +336,33 @@ pub fn metadata_tries(reader: &str, puk: bool) -> Result<u32, String> {
         text(&o)
     ))
 }
+
+/// A station profile in `dir` (and its allow-list `tokens.toml`): the tokens `serials`
+/// (named "User N", user<N>@example.org), random 8-digit PIN and PUK, the best management
+/// key kept PIN-protected, and `slots` with the contract's default roles.
+pub fn station_profile(dir: &Path, serials: &[u32], slots: &[&str]) -> std::path::PathBuf {
+    let list: String = serials
+        .iter()
+        .map(|s| {
+            format!(
+                "[[token]]\nserial = {s}\nname = \"User {s}\"\nemail = \"user{s}@example.org\"\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("tokens.toml"), list).expect("allow-list");
+    let slots: String = slots
+        .iter()
+        .map(|slot| format!("\n[[slot]]\nslot = \"{slot}\"\n"))
+        .collect();
+    let profile = dir.join("station.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "common_name = \"{{name}}\"\nemail = \"{{email}}\"\n\n[credentials]\npin_length = 8\n\
+             puk_length = 8\nmgmt_key = \"best\"\nprotect_mgmt_key = true\n\n[tokens]\n\
+             allow_list = \"tokens.toml\"\n{slots}"
+        ),
+    )
+    .expect("profile");
+    profile
+}
