@@ -220,7 +220,7 @@ impl Observer for Quiet {}
 
 /// Settings shared by every slot of a run.
 pub struct Context<'a> {
-    pub issuer: &'a dyn Issuer,
+    pub issuer: &'a (dyn Issuer + Sync),
     /// Trust anchors that issued certificates must chain to (DER); Vault's own root when
     /// empty.
     pub anchors_der: Vec<Vec<u8>>,
@@ -333,15 +333,43 @@ pub enum KeyChoice {
     Generate,
     /// Certify the key already in the slot (renewal with --reuse-key).
     Existing(SubjectPublicKeyInfoOwned),
+    /// Generate a new key in a slot known to hold nothing (nothing to lose).
+    Fresh,
     /// Re-key an occupied slot without risking its key (firmware 5.7+, MOVE KEY): generate
     /// in this free retired slot, and move the key over only once its certificate is
     /// verified (issue 10 defect 6).
     Staged(Slot),
 }
 
-/// One slot, end to end. The token must be unlocked (PIN verified, management key
-/// authenticated when generating).
-pub fn enroll_slot(
+/// A slot's card work done up to its certificate request: the key (and where it is:
+/// the slot, or the retired slot it was staged in) and the CSR signed on the card.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    at: Slot,
+    key: SubjectPublicKeyInfoOwned,
+    csr_pem: String,
+}
+
+impl KeyChoice {
+    /// Whether making this key ready can be undone (a staged key is deleted again, an
+    /// existing key is not touched), so that it may go ahead before Vault's pre-flight has
+    /// answered: a refused role or secret_id then still changes nothing on the token.
+    pub fn undoable(&self) -> bool {
+        matches!(self, KeyChoice::Staged(_) | KeyChoice::Existing(_))
+    }
+
+    /// Whether making this key ready destroys a key (generation in place over what the
+    /// slot held). Anything else may go ahead while the previous slot's sign is out.
+    pub fn destroys(&self) -> bool {
+        matches!(self, KeyChoice::Generate)
+    }
+}
+
+/// One slot's card work up to the certificate request: generate (or take) the key,
+/// attest it, sign the CSR on the card. The token must be unlocked (PIN verified,
+/// management key authenticated when generating). Nothing has gone to Vault yet; a
+/// failure deletes a staged key.
+pub fn prepare_slot(
     token: &mut dyn PivToken,
     ctx: &Context<'_>,
     sp: &SlotPlan,
@@ -349,14 +377,18 @@ pub fn enroll_slot(
     key: KeyChoice,
     f9: &mut F9Cache,
     obs: &mut dyn Observer,
-) -> Result<(Accepted, Vec<String>), Error> {
+) -> Result<Prepared, Error> {
     // A key kept from before may carry another PIN policy than the plan says.
     let pin_before_use = sp.pin_always() || matches!(key, KeyChoice::Existing(_));
     let setup = ctx.attest_setup();
+    if !key.undoable() {
+        // Vault's pre-flight must have answered before a slot's key is replaced.
+        ctx.preflight.settle()?;
+    }
     // Where the new key is made: the slot itself, or a free retired slot to move it from.
     let (at, key, attested) = match key {
         KeyChoice::Existing(k) => (sp.slot, k, None),
-        KeyChoice::Generate | KeyChoice::Staged(_) => {
+        KeyChoice::Generate | KeyChoice::Fresh | KeyChoice::Staged(_) => {
             let at = match key {
                 KeyChoice::Staged(via) => via,
                 _ => sp.slot,
@@ -393,7 +425,7 @@ pub fn enroll_slot(
             (at, k, att)
         }
     };
-    let cert_der = staged::or_discard(token, sp.slot, at, |token| {
+    let csr_pem = staged::or_discard(token, sp.slot, at, |token| {
         step(token, obs, sp.slot, Step::SigningCsr);
         // Slots with PIN policy "always" (9c by default) want the PIN right before each use;
         // the others keep the session's verification (SP 800-73-4 part 1, 4.2; Yubico's
@@ -418,29 +450,71 @@ pub fn enroll_slot(
             }
             r => r?,
         };
+        Ok(csr.pem)
+    })?;
+    Ok(Prepared { at, key, csr_pem })
+}
+
+/// Right before the request goes to Vault: the pre-flight has answered, and the observer
+/// (the journal) knows a request is out. A failure here deletes a staged key.
+pub fn before_request(
+    token: &mut dyn PivToken,
+    ctx: &Context<'_>,
+    sp: &SlotPlan,
+    p: &Prepared,
+    obs: &mut dyn Observer,
+) -> Result<(), Error> {
+    staged::or_discard(token, sp.slot, p.at, |token| {
+        ctx.preflight.settle()?;
         step(token, obs, sp.slot, Step::Requesting(sp.role));
-        obs.requesting(sp.slot)?;
-        let issued = ctx.issuer.issue(
-            sp.role,
-            &csr.pem,
-            &sp.subject,
-            sp.ttl.as_ref().map(Ttl::as_str),
-        )?;
-        // Vault has issued; a crash here is an answer lost before it was recorded.
-        checkpoint("sign-sent");
+        obs.requesting(sp.slot)
+    })
+}
+
+/// Vault's half of a slot: the sign request. Touches no token and no observer, so it can
+/// run on another thread while the card works on the next slot.
+pub fn request(issuer: &(dyn Issuer + Sync), sp: &SlotPlan, p: &Prepared) -> Result<Issued, Error> {
+    let issued = issuer.issue(
+        sp.role,
+        &p.csr_pem,
+        &sp.subject,
+        sp.ttl.as_ref().map(Ttl::as_str),
+    )?;
+    // Vault has issued; a crash here is an answer lost before it was recorded.
+    checkpoint("sign-sent");
+    Ok(issued)
+}
+
+/// The rest of a slot once Vault answered: record, verify, move a staged key in, import.
+/// A failure before the move deletes a staged key (the slot's old key stays).
+pub fn finish_slot(
+    token: &mut dyn PivToken,
+    ctx: &Context<'_>,
+    sp: &SlotPlan,
+    p: Prepared,
+    answer: Result<Issued, Error>,
+    obs: &mut dyn Observer,
+) -> Result<(Accepted, Vec<String>), Error> {
+    let (cert_der, accepted, warnings) = staged::or_discard(token, sp.slot, p.at, |token| {
+        let issued = answer?;
         obs.issued(sp.slot, &issued)?;
         checkpoint("sign");
         step(token, obs, sp.slot, Step::Importing);
-        check_issued(ctx, sp, &key, &issued)
+        check_issued(ctx, sp, &p.key, &issued)
     })?;
-    let (cert_der, accepted, warnings) = cert_der;
-    if at != sp.slot {
+    if p.at != sp.slot {
         // Verified: only now the slot's old key is replaced (MOVE KEY keeps the policies).
-        token.move_key(at, Some(sp.slot))?;
-        obs.generated(sp.slot, &key)?;
+        token.move_key(p.at, Some(sp.slot))?;
+        obs.generated(sp.slot, &p.key)?;
     }
     write_checked(token, sp.slot, &cert_der)?;
     Ok((accepted, warnings))
+}
+
+/// Delete a prepared key staged in a retired slot whose request will not be sent (the
+/// run stopped first); a key in its own slot stays.
+pub fn abandon(token: &mut dyn PivToken, sp: &SlotPlan, p: Prepared, why: Error) -> Error {
+    staged::discard(token, sp.slot, p.at, why)
 }
 
 /// `enroll`'s slot policy: a new key in every slot (occupied slots were refused before,
@@ -478,16 +552,18 @@ impl SlotPolicy for Generate<'_> {
         _: &Context<'_>,
         sp: &SlotPlan,
     ) -> Result<SlotAction, Error> {
-        if self.force {
-            if let Some(via) = staged::staging_slot(token, sp.slot, &self.slots)? {
-                log::info!(
-                    "slot {}: the new key is made in {via} and moved in once certified",
-                    sp.slot
-                );
-                return Ok(SlotAction::Certify(KeyChoice::Staged(via)));
-            }
+        if !self.force {
+            // Occupied slots were refused before the first key (`enroll`).
+            return Ok(SlotAction::Certify(KeyChoice::Fresh));
         }
-        Ok(SlotAction::Certify(KeyChoice::Generate))
+        let choice = staged::placement(token, sp.slot, &self.slots)?;
+        if let KeyChoice::Staged(via) = choice {
+            log::info!(
+                "slot {}: the new key is made in {via} and moved in once certified",
+                sp.slot
+            );
+        }
+        Ok(SlotAction::Certify(choice))
     }
     fn decide_uses_key(&self) -> bool {
         false
@@ -547,6 +623,16 @@ pub fn enroll(
             slots: plan.slots.iter().map(|s| s.slot).collect(),
         },
     );
+    // Vault's pre-flight answered while the first key was being made (and that key was
+    // deleted again, or never made): as before any work, an error, not a report.
+    if ctx.preflight.refused() && report.slots.iter().all(|s| s.error.is_some()) {
+        if let Some(e) = fatal {
+            if !matches!(e, Error::AfterChange { .. }) {
+                return Err(e);
+            }
+            fatal = Some(e);
+        }
+    }
     if fatal.is_none() && report.slots.iter().any(|s| s.error.is_none()) {
         match token.ensure_chuid_ccc() {
             Ok(w) => report.wrote_chuid_ccc = w,

@@ -1,12 +1,12 @@
 //! Unit tests of the enrollment workflow's ordering and refusals, on the fake token.
 use super::*;
 use crate::piv::fake::FakeToken;
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// An issuer that must not be reached, or that refuses in preflight.
 struct TestIssuer {
     preflight_ok: bool,
-    issued: Cell<u32>,
+    issued: AtomicU32,
 }
 
 impl Issuer for TestIssuer {
@@ -18,7 +18,7 @@ impl Issuer for TestIssuer {
         }
     }
     fn issue(&self, _: Role, _: &str, _: &Subject, _: Option<&str>) -> Result<Issued, Error> {
-        self.issued.set(self.issued.get() + 1);
+        self.issued.fetch_add(1, Ordering::SeqCst);
         Err(Error::Usage("not in this test".into()))
     }
 }
@@ -88,7 +88,7 @@ fn last_pin_try_is_never_spent() {
     t.pin_tries = 1;
     let issuer = TestIssuer {
         preflight_ok: true,
-        issued: Cell::new(0),
+        issued: AtomicU32::new(0),
     };
     let e = run(&mut t, &issuer, &plan(&["9a"]), "000000")
         .err()
@@ -103,7 +103,7 @@ fn wrong_pin_reports_tries_and_changes_nothing() {
     let mut t = FakeToken::new();
     let issuer = TestIssuer {
         preflight_ok: true,
-        issued: Cell::new(0),
+        issued: AtomicU32::new(0),
     };
     let e = run(&mut t, &issuer, &plan(&["9a"]), "999999")
         .err()
@@ -120,7 +120,7 @@ fn vault_refusal_comes_before_the_token_is_unlocked() {
     let mut t = FakeToken::new();
     let issuer = TestIssuer {
         preflight_ok: false,
-        issued: Cell::new(0),
+        issued: AtomicU32::new(0),
     };
     assert!(run(&mut t, &issuer, &plan(&["9a", "9e"]), "123456").is_err());
     assert!(!t.pin_verified && !t.authenticated && t.changes.is_empty());
@@ -132,14 +132,14 @@ fn occupied_slot_needs_force() {
     t.certs.insert(Slot::CARD_AUTHENTICATION, vec![0x30, 0x00]);
     let issuer = TestIssuer {
         preflight_ok: true,
-        issued: Cell::new(0),
+        issued: AtomicU32::new(0),
     };
     let e = run(&mut t, &issuer, &plan(&["9a", "9e"]), "123456")
         .err()
         .expect("refused");
     assert!(matches!(e, Error::SlotOccupied { .. }), "{e:?}");
     assert!(t.changes.is_empty(), "{:?}", t.changes);
-    assert_eq!(issuer.issued.get(), 0);
+    assert_eq!(issuer.issued.load(Ordering::SeqCst), 0);
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn bad_plans_are_refused_first() {
     let mut t = FakeToken::new();
     let issuer = TestIssuer {
         preflight_ok: true,
-        issued: Cell::new(0),
+        issued: AtomicU32::new(0),
     };
     let mut p = plan(&["9a", "9a"]);
     assert!(matches!(
@@ -172,7 +172,7 @@ fn card_failure_mid_slot_stops_the_run() {
     let mut t = FakeToken::new();
     let issuer = TestIssuer {
         preflight_ok: true,
-        issued: Cell::new(0),
+        issued: AtomicU32::new(0),
     };
     let out = run(&mut t, &issuer, &plan(&["9a", "9e"]), "123456").expect("outcome");
     // A key was generated: the error says so, and never exits 2 or 4 ("nothing changed").
@@ -192,5 +192,5 @@ fn card_failure_mid_slot_stops_the_run() {
         "the second slot was not attempted"
     );
     assert!(!out.report.ok);
-    assert_eq!(issuer.issued.get(), 0);
+    assert_eq!(issuer.issued.load(Ordering::SeqCst), 0);
 }

@@ -53,11 +53,23 @@ impl VaultIssuer {
         role_id: &str,
         secret_id: zeroize::Zeroizing<String>,
     ) -> Result<VaultIssuer, Error> {
+        let issuer = VaultIssuer::approle(s, role_id, secret_id)?;
+        issuer.client.ensure_fresh_token()?;
+        Ok(issuer)
+    }
+
+    /// Build the client with AppRole credentials, logging in at the first request (the
+    /// pre-flight, which `enroll` sends while the token is opened).
+    pub fn approle(
+        s: &VaultSettings,
+        role_id: &str,
+        secret_id: zeroize::Zeroizing<String>,
+    ) -> Result<VaultIssuer, Error> {
         let client = VaultClient::new(client_config(s)?)?;
-        client.login(AppRoleCreds {
+        client.set_approle(AppRoleCreds {
             role_id: role_id.to_string(),
             secret_id: SecretId::new(secret_id.as_str()),
-        })?;
+        });
         Ok(VaultIssuer {
             client,
             trust_anchor: s.trust_anchor.clone(),

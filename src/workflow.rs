@@ -3,7 +3,7 @@
 //! existing key, generate), not a copy of the loop. Per-slot errors, Vault's warnings and
 //! the pre-flight have one implementation each, here.
 
-use crate::enroll::{self, Context, Issued, KeyChoice, Observer, SlotPlan, Step};
+use crate::enroll::{self, Context, Issued, Issuer, KeyChoice, Observer, Prepared, SlotPlan, Step};
 use crate::error::Error;
 use crate::hooks::checkpoint;
 use crate::piv::{PivToken, Role, Slot};
@@ -12,41 +12,144 @@ use crate::secret::Pin;
 use crate::verify::Accepted;
 use spki::SubjectPublicKeyInfoOwned;
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 
 pub mod attest;
 use attest::{AttestationFacts, F9Cache, KeyAttestation};
 
 /// Roles whose sign path Vault already accepted: one pre-flight request per role per run
-/// (a station run covers many tokens).
+/// (a station run covers many tokens), all roles at once. `enroll` starts it on another
+/// thread ([`Preflight::start`]) so the login and the pre-flight travel while the token is
+/// opened and unlocked; [`Preflight::settle`] waits for the answers before anything that
+/// could not be undone (a key generated in place) and before the first sign.
 #[derive(Debug, Default)]
 pub struct Preflight {
     done: Mutex<BTreeSet<&'static str>>,
+    /// Answers still travelling: the roles asked, and where the outcome arrives.
+    pending: Mutex<Option<Pending>>,
+    /// Vault refused the pre-flight (reported by `settle`).
+    refused: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    roles: BTreeSet<&'static str>,
+    answer: Receiver<Result<(), Error>>,
 }
 
 impl Preflight {
-    /// Ask Vault (login fresh, policy allows the path, role exists) for every role of the
-    /// plan not asked before in this run. Nothing on the token has been touched yet.
+    /// Ask Vault about `roles` on a thread of its own (it logs in first when the issuer
+    /// has not yet); nothing waits for the answers until [`Preflight::settle`].
+    pub fn start<I>(issuer: Arc<I>, roles: &[Role]) -> Preflight
+    where
+        I: Issuer + Send + Sync + ?Sized + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let asked: Vec<Role> = roles.to_vec();
+        std::thread::spawn(move || {
+            let _ = tx.send(ask_all(&*issuer, &asked));
+        });
+        Preflight {
+            done: Mutex::default(),
+            pending: Mutex::new(Some(Pending {
+                roles: roles.iter().map(|r| r.name()).collect(),
+                answer: rx,
+            })),
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Wait for the answers of [`Preflight::start`], if any are still out.
+    pub fn settle(&self) -> Result<(), Error> {
+        let pending = self.pending.lock().ok().and_then(|mut p| p.take());
+        let Some(p) = pending else {
+            return Ok(());
+        };
+        match p.answer.recv() {
+            Ok(Ok(())) => {
+                if let Ok(mut d) = self.done.lock() {
+                    d.extend(p.roles);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.refused.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+            Err(_) => Err(Error::Incomplete(
+                "the Vault pre-flight thread ended without an answer".into(),
+            )),
+        }
+    }
+
+    /// Whether [`Preflight::settle`] reported Vault's refusal.
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    /// Make sure Vault was asked (login fresh, policy allows the path, role exists) about
+    /// every role of the plan not asked before in this run. Answers still travelling from
+    /// [`Preflight::start`] for these roles are left to [`Preflight::settle`]; other roles
+    /// are asked now, all at once. Nothing on the token has been touched yet.
     pub fn check(
         &self,
         ctx: &Context<'_>,
         roles: impl IntoIterator<Item = Role>,
     ) -> Result<(), Error> {
+        let travelling: BTreeSet<&'static str> = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.roles.clone()))
+            .unwrap_or_default();
+        let done = self.done.lock().map(|d| d.clone()).unwrap_or_default();
+        let mut missing: Vec<Role> = Vec::new();
         for role in roles {
-            let asked = self
-                .done
-                .lock()
-                .map(|s| s.contains(role.name()))
-                .unwrap_or(false);
-            if !asked {
-                ctx.issuer.preflight(role)?;
-                if let Ok(mut s) = self.done.lock() {
-                    s.insert(role.name());
-                }
+            if !done.contains(role.name())
+                && !travelling.contains(role.name())
+                && !missing.contains(&role)
+            {
+                missing.push(role);
             }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        ask_all(ctx.issuer, &missing)?;
+        if let Ok(mut d) = self.done.lock() {
+            d.extend(missing.iter().map(|r| r.name()));
         }
         Ok(())
     }
+}
+
+/// One pre-flight request per role, sent together (they are independent and read-only):
+/// one round trip instead of one per role. The first error in the roles' order is the
+/// one reported.
+fn ask_all<I: Issuer + Sync + ?Sized>(issuer: &I, roles: &[Role]) -> Result<(), Error> {
+    if let [role] = roles {
+        return issuer.preflight(*role);
+    }
+    std::thread::scope(|s| {
+        let asks: Vec<_> = roles
+            .iter()
+            .map(|&role| s.spawn(move || issuer.preflight(role)))
+            .collect();
+        let mut first = Ok(());
+        for a in asks {
+            let r = a.join().unwrap_or_else(|_| {
+                Err(Error::Incomplete(
+                    "a Vault pre-flight thread panicked".into(),
+                ))
+            });
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
 }
 
 /// What to do with one slot, decided with the token unlocked (PIN verified).
@@ -96,13 +199,20 @@ pub fn slot_local(e: &Error) -> bool {
     }
 }
 
-/// Keeps Vault's warnings for the report and forwards the steps to the policy.
-struct Recorder<'p> {
-    inner: &'p mut dyn SlotPolicy,
+/// What the workflow learns about one slot from the steps it goes through.
+#[derive(Default)]
+struct Notes {
+    /// Vault's warnings for the report.
     warnings: Vec<String>,
     /// A key was generated (the slot's old key is gone).
     generated: bool,
     attestation: Option<AttestationFacts>,
+}
+
+/// Takes notes and forwards the steps to the policy.
+struct Recorder<'p> {
+    inner: &'p mut dyn SlotPolicy,
+    notes: &'p mut Notes,
 }
 
 impl Observer for Recorder<'_> {
@@ -110,21 +220,21 @@ impl Observer for Recorder<'_> {
         self.inner.step(slot, step)
     }
     fn generated(&mut self, slot: Slot, key: &SubjectPublicKeyInfoOwned) -> Result<(), Error> {
-        self.generated = true;
+        self.notes.generated = true;
         self.inner.generated(slot, key)
     }
     fn requesting(&mut self, slot: Slot) -> Result<(), Error> {
         self.inner.requesting(slot)
     }
     fn attested(&mut self, slot: Slot, att: &KeyAttestation) -> Result<(), Error> {
-        self.attestation = Some(att.facts());
+        self.notes.attestation = Some(att.facts());
         self.inner.attested(slot, att)
     }
     fn issued(&mut self, slot: Slot, cert: &Issued) -> Result<(), Error> {
         // "the common_name field was provided but the role is set with use_csr_common_name":
         // pivault sends the names in JSON too, for roles that do not read them from the
         // CSR; with the contract's roles that note only confirms the CSR's names were used.
-        self.warnings = cert
+        self.notes.warnings = cert
             .warnings
             .iter()
             .filter(|w| !w.contains("use_csr_common_name") && !w.contains("use_csr_sans"))
@@ -134,61 +244,161 @@ impl Observer for Recorder<'_> {
     }
 }
 
-/// One slot; `changed` is set as soon as the token was changed (key generated, or a
-/// certificate written).
-fn one_slot(
-    token: &mut dyn PivToken,
-    ctx: &Context<'_>,
-    sp: &SlotPlan,
-    pin: &Pin,
-    policy: &mut dyn SlotPolicy,
-    changed: &mut bool,
-    f9: &mut F9Cache,
-) -> Result<Done, Error> {
-    // Deciding may sign a test challenge with the slot's key (PIN policy "always" slots
-    // want the PIN right before each use). The session's PIN verification (unlock) lasts
-    // for every other use: one VERIFY per session is the APDU floor (BENCHMARKS.md).
-    if policy.decide_uses_key() {
-        token.verify_pin(pin)?;
-    }
-    match policy.decide(token, ctx, sp)? {
-        SlotAction::Keep(a) => Ok((SlotResult::Kept, a, Vec::new(), None)),
-        SlotAction::Reimport { key, issued } => {
-            *changed = true; // the write may have happened even if it then fails
-            let (a, warnings) = enroll::import_issued(token, ctx, sp, &key, &issued)?;
-            checkpoint("import");
-            Ok((SlotResult::Reimported, a, warnings, None))
-        }
-        SlotAction::Certify(choice) => {
-            let word = policy.certified_word();
-            let mut rec = Recorder {
-                inner: policy,
-                warnings: Vec::new(),
-                generated: false,
-                attestation: None,
-            };
-            let r = enroll::enroll_slot(token, ctx, sp, pin, choice, f9, &mut rec);
-            *changed |= rec.generated;
-            let (a, mut warnings) = r?;
-            *changed = true;
-            checkpoint("import");
-            rec.warnings.append(&mut warnings);
-            Ok((word, a, rec.warnings, rec.attestation))
-        }
-    }
-}
-
-/// A slot done: the report's word, the accepted certificate, warnings, attestation.
-type Done = (SlotResult, Accepted, Vec<String>, Option<AttestationFacts>);
-
 /// The result of a token's run: the report, and the error that stopped it early, if any.
 pub struct Outcome {
     pub report: EnrollReport,
     pub fatal: Option<Error>,
 }
 
+/// A slot whose sign request is out: Vault answers on another thread while the card
+/// goes on with the next slot.
+struct InFlight<'s, 'p> {
+    index: usize,
+    sp: &'p SlotPlan,
+    notes: Notes,
+    answer: std::thread::ScopedJoinHandle<'s, (Prepared, Result<Issued, Error>)>,
+}
+
+/// One token's run: what every slot came to, and whether the token was changed.
+struct Run<'t, 'c, 'p> {
+    token: &'t mut dyn PivToken,
+    ctx: &'c Context<'c>,
+    pin: &'p Pin,
+    policy: &'p mut dyn SlotPolicy,
+    f9: F9Cache,
+    /// Set as soon as the token was changed (key generated, certificate written).
+    changed: bool,
+    /// Reports by slot index (slots can finish out of order: one waits for Vault while
+    /// the next is kept or re-imported).
+    reports: Vec<(usize, SlotReport)>,
+    fatal: Option<Error>,
+}
+
+impl Run<'_, '_, '_> {
+    fn done(
+        &mut self,
+        index: usize,
+        sp: &SlotPlan,
+        word: SlotResult,
+        a: Accepted,
+        warnings: &[String],
+        att: Option<AttestationFacts>,
+    ) {
+        match self.policy.finished(sp, &a) {
+            Ok(()) => {
+                let mut r = slot_report(sp, word, &a, warnings);
+                r.attestation = att;
+                self.reports.push((index, r));
+            }
+            Err(e) => self.failed(index, sp, e),
+        }
+    }
+
+    /// A slot failed: reported; an error that is not the slot's own stops the run.
+    fn failed(&mut self, index: usize, sp: &SlotPlan, e: Error) {
+        self.reports.push((index, failed_report(sp, &e)));
+        if !slot_local(&e) && self.fatal.is_none() {
+            // Exit codes 2 and 4 say "nothing was changed": not after a key was
+            // generated or a certificate written.
+            self.fatal = Some(if self.changed {
+                Error::AfterChange {
+                    done: "keys or certificates were already changed on the token".into(),
+                    source: Box::new(e),
+                }
+            } else {
+                e
+            });
+        }
+    }
+
+    /// Decide what to do with a slot. Deciding may sign a test challenge with the slot's
+    /// key (PIN policy "always" slots want the PIN right before each use). The session's
+    /// PIN verification (unlock) lasts for every other use: one VERIFY per session is the
+    /// APDU floor (BENCHMARKS.md).
+    fn decide(&mut self, sp: &SlotPlan) -> Result<SlotAction, Error> {
+        if self.policy.decide_uses_key() {
+            self.token.verify_pin(self.pin)?;
+        }
+        self.policy.decide(self.token, self.ctx, sp)
+    }
+
+    /// The card's half of a certified slot, up to the request.
+    fn prepare(
+        &mut self,
+        sp: &SlotPlan,
+        choice: KeyChoice,
+        notes: &mut Notes,
+    ) -> Result<Prepared, Error> {
+        let mut rec = Recorder {
+            inner: &mut *self.policy,
+            notes,
+        };
+        let r = enroll::prepare_slot(
+            self.token,
+            self.ctx,
+            sp,
+            self.pin,
+            choice,
+            &mut self.f9,
+            &mut rec,
+        );
+        self.changed |= rec.notes.generated;
+        let p = r?;
+        let mut rec = Recorder {
+            inner: &mut *self.policy,
+            notes,
+        };
+        enroll::before_request(self.token, self.ctx, sp, &p, &mut rec)?;
+        Ok(p)
+    }
+
+    /// Vault answered a slot's request: verify and import.
+    fn land(&mut self, f: InFlight<'_, '_>) {
+        let InFlight {
+            index,
+            sp,
+            mut notes,
+            answer,
+        } = f;
+        // A panic (only in test builds: release builds abort) goes on in this thread.
+        let (p, answer) = answer
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let mut rec = Recorder {
+            inner: &mut *self.policy,
+            notes: &mut notes,
+        };
+        let r = enroll::finish_slot(self.token, self.ctx, sp, p, answer, &mut rec);
+        self.changed |= notes.generated;
+        match r {
+            Ok((a, mut warnings)) => {
+                self.changed = true;
+                checkpoint("import");
+                notes.warnings.append(&mut warnings);
+                let word = self.policy.certified_word();
+                self.done(
+                    index,
+                    sp,
+                    word,
+                    a,
+                    &notes.warnings,
+                    notes.attestation.take(),
+                );
+            }
+            Err(e) => self.failed(index, sp, e),
+        }
+    }
+}
+
 /// Work every slot of `slots` on an unlocked token, in order. A slot-local failure is
 /// reported and the next slot is done; any other failure stops the run.
+///
+/// While Vault signs one slot's request, the card makes the next slot's key and CSR
+/// (issue 13: a production Vault answers in tens of milliseconds, a key takes the card
+/// as long). The rules that keep this safe: one request out at a time; a slot's
+/// certificate is verified and imported before the next request is sent; a key that
+/// would replace the slot's key in place waits for the answer (a refusal then stops the
+/// run before it); a run stopped by a slot's answer deletes the next slot's staged key.
 pub fn run_token(
     token: &mut dyn PivToken,
     ctx: &Context<'_>,
@@ -198,45 +408,105 @@ pub fn run_token(
     policy: &mut dyn SlotPolicy,
 ) -> Outcome {
     let info = token.info().clone();
+    let mut run = Run {
+        token,
+        ctx,
+        pin,
+        policy,
+        f9: F9Cache::default(),
+        changed: false,
+        reports: Vec::new(),
+        fatal: None,
+    };
+    std::thread::scope(|s| {
+        let mut flight: Option<InFlight<'_, '_>> = None;
+        for (index, sp) in slots.iter().enumerate() {
+            if run.fatal.is_some() {
+                break;
+            }
+            let action = match run.decide(sp) {
+                Ok(a) => a,
+                Err(e) => {
+                    run.failed(index, sp, e);
+                    continue;
+                }
+            };
+            let choice = match action {
+                SlotAction::Keep(a) => {
+                    run.done(index, sp, SlotResult::Kept, a, &[], None);
+                    continue;
+                }
+                SlotAction::Reimport { key, issued } => {
+                    run.changed = true; // the write may have happened even if it then fails
+                    match enroll::import_issued(run.token, run.ctx, sp, &key, &issued) {
+                        Ok((a, warnings)) => {
+                            checkpoint("import");
+                            run.done(index, sp, SlotResult::Reimported, a, &warnings, None);
+                        }
+                        Err(e) => run.failed(index, sp, e),
+                    }
+                    continue;
+                }
+                SlotAction::Certify(choice) => choice,
+            };
+            if choice.destroys() {
+                if let Some(f) = flight.take() {
+                    run.land(f);
+                }
+                if run.fatal.is_some() {
+                    break;
+                }
+            }
+            let mut notes = Notes::default();
+            let prepared = run.prepare(sp, choice, &mut notes);
+            // The previous slot is finished before this one's request goes out.
+            if let Some(f) = flight.take() {
+                run.land(f);
+            }
+            let p = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    run.failed(index, sp, e);
+                    continue;
+                }
+            };
+            if run.fatal.is_some() {
+                let why = Error::Incomplete(format!(
+                    "slot {}: not sent to Vault: an earlier slot stopped the run",
+                    sp.slot
+                ));
+                let e = enroll::abandon(run.token, sp, p, why);
+                run.reports.push((index, failed_report(sp, &e)));
+                break;
+            }
+            let issuer = run.ctx.issuer;
+            flight = Some(InFlight {
+                index,
+                sp,
+                notes,
+                answer: s.spawn(move || {
+                    let r = enroll::request(issuer, sp, &p);
+                    (p, r)
+                }),
+            });
+        }
+        if let Some(f) = flight.take() {
+            run.land(f);
+        }
+    });
+    let Run {
+        mut reports, fatal, ..
+    } = run;
+    reports.sort_by_key(|(i, _)| *i);
     let mut report = EnrollReport {
         command,
         token_serial: info.serial,
         firmware: info.version,
         reader: info.reader,
-        slots: Vec::new(),
+        slots: reports.into_iter().map(|(_, r)| r).collect(),
         wrote_chuid_ccc: false,
         ok: false,
     };
-    let mut fatal = None;
-    let mut changed = false;
-    let mut f9 = F9Cache::default();
-    for sp in slots {
-        let r = one_slot(token, ctx, sp, pin, policy, &mut changed, &mut f9)
-            .and_then(|d| policy.finished(sp, &d.1).map(|()| d));
-        match r {
-            Ok((word, a, warnings, att)) => {
-                let mut r = slot_report(sp, word, &a, &warnings);
-                r.attestation = att;
-                report.slots.push(r)
-            }
-            Err(e) => {
-                report.slots.push(failed_report(sp, &e));
-                if !slot_local(&e) {
-                    // Exit codes 2 and 4 say "nothing was changed": not after a key was
-                    // generated or a certificate written.
-                    fatal = Some(if changed {
-                        Error::AfterChange {
-                            done: "keys or certificates were already changed on the token".into(),
-                            source: Box::new(e),
-                        }
-                    } else {
-                        e
-                    });
-                    break;
-                }
-            }
-        }
-    }
     report.ok = fatal.is_none()
         && report.slots.len() == slots.len()
         && report.slots.iter().all(|s| s.error.is_none());

@@ -187,10 +187,20 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
     // Parse everything in the specs once with a stand-in serial so that a typo is refused
     // before the token is opened.
     vars.entry("serial".into()).or_insert_with(|| "0".into());
-    profile::resolve(&specs, &defaults, &vars)?;
+    let roles: Vec<_> = profile::resolve(&specs, &defaults, &vars)?
+        .iter()
+        .map(|sp| sp.role)
+        .collect();
 
-    // 2. Vault: login now, so a wrong secret_id or a dead server changes nothing.
-    let issuer = super::login(&settings)?;
+    // 2. Vault: the login and a pre-flight request per role go now, on another thread,
+    // while the token is opened and unlocked; their answers are awaited before anything
+    // on the token that could not be undone (so a wrong secret_id, a dead server or a
+    // role the policy lacks still changes nothing) and before the user is asked anything.
+    let issuer = std::sync::Arc::new(super::login_later(&settings)?);
+    let preflight = pivault::workflow::Preflight::start(issuer.clone(), &roles);
+    if interactive {
+        preflight.settle()?;
+    }
 
     // 3. The token, and the plan for it. At a counter with several tokens present and
     // none named, list them and ask which.
@@ -243,6 +253,7 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
 
     let mut progress = super::progress::Progress::new(cli.json);
     let pin = if a.secure {
+        preflight.settle()?;
         let user_pin = super::helpdesk::user_pin(a.new_pin_file.clone())?;
         let esc = Escrow {
             client: issuer.client(),
@@ -303,10 +314,9 @@ pub fn run(cli: &Cli, a: &EnrollArgs) -> Result<ExitCode, Error> {
              returns; set --trust-anchor or PIVAULT_TRUST_ANCHOR to the PKI's root CA"
         );
     }
-    let preflight = pivault::workflow::Preflight::default();
     let (attest_setup, strict_usage) = attest_setup(a)?;
     let ctx = Context {
-        issuer: &issuer,
+        issuer: &*issuer,
         anchors_der,
         preflight: &preflight,
         attestation: Some(&attest_setup),

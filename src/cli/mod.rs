@@ -160,6 +160,18 @@ pub fn vault_settings(file: &FileConfig, a: &args::VaultArgs) -> Result<VaultSet
 /// Log in to Vault with AppRole: role_id from the settings, secret_id from env, file or
 /// prompt. Done before the token is touched, so a wrong secret_id changes nothing.
 pub fn login(settings: &VaultSettings) -> Result<pivault::issuer::VaultIssuer, Error> {
+    let (role_id, secret_id) = approle_creds(settings)?;
+    pivault::issuer::VaultIssuer::connect(settings, &role_id, secret_id)
+}
+
+/// The issuer with AppRole credentials read now (a missing one is refused before anything
+/// else is done); the login goes with the first request.
+pub fn login_later(settings: &VaultSettings) -> Result<pivault::issuer::VaultIssuer, Error> {
+    let (role_id, secret_id) = approle_creds(settings)?;
+    pivault::issuer::VaultIssuer::approle(settings, &role_id, secret_id)
+}
+
+fn approle_creds(settings: &VaultSettings) -> Result<(String, zeroize::Zeroizing<String>), Error> {
     let role_id = settings.role_id.clone().ok_or_else(|| {
         Error::Config("no AppRole role_id: set PIVAULT_ROLE_ID, --role-id or vault.role_id".into())
     })?;
@@ -168,7 +180,7 @@ pub fn login(settings: &VaultSettings) -> Result<pivault::issuer::VaultIssuer, E
         env: "PIVAULT_SECRET_ID",
         file: settings.secret_id_file.clone(),
     })?;
-    pivault::issuer::VaultIssuer::connect(settings, &role_id, secret_id)
+    Ok((role_id, secret_id))
 }
 
 /// The user's PIN: env, owner-only file, stdin or prompt.

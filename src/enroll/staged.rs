@@ -4,6 +4,7 @@
 //! verified; a refusal before that (attestation policy, Vault, verification) deletes the
 //! new key and leaves the slot's old key and certificate as they were.
 
+use super::KeyChoice;
 use crate::error::Error;
 use crate::piv::{FirmwareVersion, PinPolicy, PivToken, Slot, TokenError};
 
@@ -29,24 +30,29 @@ pub(super) fn or_discard<T>(
     at: Slot,
     f: impl FnOnce(&mut dyn PivToken) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let r = f(token);
-    if at == slot {
-        return r;
+    match f(token) {
+        Err(e) => Err(discard(token, slot, at, e)),
+        ok => ok,
     }
-    match r {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            match token.move_key(at, None) {
-                Ok(()) => {
-                    log::info!("slot {slot}: the new key staged in {at} was deleted; slot {slot} is unchanged");
-                    Err(e)
-                }
-                Err(d) => Err(Error::AfterChange {
-                    done: format!("a new key was left in slot {at} (deleting it failed: {d})"),
-                    source: Box::new(e),
-                }),
-            }
+}
+
+/// After `e`, delete the key staged in `at` for `slot` (nothing to do when the key was
+/// made in the slot itself), so the failure leaves the token as it was.
+pub(super) fn discard(token: &mut dyn PivToken, slot: Slot, at: Slot, e: Error) -> Error {
+    if at == slot {
+        return e;
+    }
+    match token.move_key(at, None) {
+        Ok(()) => {
+            log::info!(
+                "slot {slot}: the new key staged in {at} was deleted; slot {slot} is unchanged"
+            );
+            e
         }
+        Err(d) => Error::AfterChange {
+            done: format!("a new key was left in slot {at} (deleting it failed: {d})"),
+            source: Box::new(e),
+        },
     }
 }
 
@@ -62,27 +68,26 @@ fn occupied(token: &mut dyn PivToken, slot: Slot) -> Result<bool, TokenError> {
     }
 }
 
-/// A retired slot (82–95) with neither key nor certificate, not in `avoid`, to generate
-/// a key for `slot` in; `None` when `slot` is empty (generate in place), the firmware has
-/// no MOVE KEY, or no retired slot is free (the caller then generates in place).
-pub fn staging_slot(
-    token: &mut dyn PivToken,
-    slot: Slot,
-    avoid: &[Slot],
-) -> Result<Option<Slot>, Error> {
-    if token.info().version < MOVE_KEY_FIRMWARE || slot.is_retired() || !occupied(token, slot)? {
-        return Ok(None);
+/// Where a new key for `slot` is made: in a free retired slot (82–95, not in `avoid`) to
+/// be moved in once certified, when the slot is occupied and the firmware has MOVE KEY;
+/// in place otherwise ([`KeyChoice::Fresh`] when the slot is known to hold nothing).
+pub fn placement(token: &mut dyn PivToken, slot: Slot, avoid: &[Slot]) -> Result<KeyChoice, Error> {
+    if token.info().version < MOVE_KEY_FIRMWARE || slot.is_retired() {
+        return Ok(KeyChoice::Generate);
+    }
+    if !occupied(token, slot)? {
+        return Ok(KeyChoice::Fresh);
     }
     for b in (0x82u8..=0x95).rev() {
         let Some(r) = Slot::from_byte(b) else {
             continue;
         };
         if !avoid.contains(&r) && !occupied(token, r)? {
-            return Ok(Some(r));
+            return Ok(KeyChoice::Staged(r));
         }
     }
     log::warn!("slot {slot}: no free retired slot to stage the new key in; replacing in place");
-    Ok(None)
+    Ok(KeyChoice::Generate)
 }
 
 /// The retired slot holding `key`, left there by a run that stopped between the

@@ -424,10 +424,11 @@ impl SlotPolicy for StationSlots<'_, '_> {
         }
         // An occupied slot on firmware 5.7+: make the key elsewhere, move it in once its
         // certificate is verified, so a refusal leaves the old key (issue 10 defect 6).
-        if let Some(via) = staged::staging_slot(token, slot, &self.plan_slots)? {
-            return Ok(SlotAction::Certify(KeyChoice::Staged(via)));
-        }
-        Ok(SlotAction::Certify(KeyChoice::Generate))
+        Ok(SlotAction::Certify(staged::placement(
+            token,
+            slot,
+            &self.plan_slots,
+        )?))
     }
 
     fn certified_word(&self) -> crate::report::SlotResult {

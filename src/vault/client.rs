@@ -149,6 +149,12 @@ impl VaultClient {
         Ok(())
     }
 
+    /// Keep AppRole credentials without logging in: the first authenticated request logs
+    /// in (so the login can travel on another thread, overlapping the card's work).
+    pub fn set_approle(&self, creds: AppRoleCreds) {
+        *lock(&self.inner.creds) = Some(creds);
+    }
+
     fn do_login(&self, creds: &AppRoleCreds, deadline: Instant) -> Result<TokenState, VaultError> {
         if self.inner.skip_verify {
             log::warn!(
