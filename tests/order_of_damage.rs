@@ -13,12 +13,24 @@
 //!   (GET METADATA through the `yubikey` crate). A re-key that succeeds moves the new key
 //!   in: 9a's new certificate matches its key, the retired slots are empty again.
 
+//! - `a_preflight_refusal_that_comes_after_the_first_staged_key_changes_nothing` and
+//!   `a_run_stopped_by_a_slots_answer_deletes_the_next_slots_staged_key`: the overlap of
+//!   Vault and card work (issue 13) may only cost what can be undone. The card's own
+//!   counters show the keys were made while Vault had not answered (GENERATE count); the
+//!   card (yubico-piv-tool, OpenSC, GET METADATA) shows them gone again and the old keys
+//!   and certificates in place; the proxy's log and Vault's cert list show nothing issued.
+
 mod common;
+
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
 
 use common::card::{Card, CardOptions};
 use common::run::{self, ok, text, tool};
-use common::vault::Vault;
+use common::vault::{Vault, VaultOptions};
+use faultproxy::{Fault, FaultProxy, Match, ProxyOptions};
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
 const PIN: &str = "123456";
 
@@ -221,4 +233,164 @@ fn rekeying_on_5_7_keeps_the_old_key_until_the_new_one_is_certified() {
         Vec::<u8>::new(),
         "a staged key was left"
     );
+}
+
+/// GENERATE ASYMMETRIC KEY PAIR (INS 47) commands the card served so far.
+fn generates(card: &Card) -> u64 {
+    card.apdu_counts().1.get(&0x47).copied().unwrap_or(0)
+}
+
+/// A 5.7.4 card enrolled in 9a and 9c, with what each slot holds now.
+fn enrolled_9a_9c(vault: &Vault) -> (Card, String, String) {
+    let card = card("5.7.4");
+    ok(run::enroll_cmd(
+        &card,
+        &env(vault),
+        &["--slot", "9a", "--slot", "9c", "--cn", "Jane", "--yes"],
+    ));
+    let a = run::piv_tool_read_cert(&card.reader, "9a");
+    let c = run::piv_tool_read_cert(&card.reader, "9c");
+    (card, a, c)
+}
+
+/// 9a and 9c still hold the certificates `a` and `c` and the keys behind them, and no
+/// retired slot holds a key.
+fn assert_as_before(card: &Card, a: &str, c: &str) {
+    let dir = tempfile::tempdir().expect("tmp");
+    assert_eq!(
+        run::piv_tool_read_cert(&card.reader, "9a"),
+        a,
+        "9a's certificate"
+    );
+    assert_eq!(
+        run::piv_tool_read_cert(&card.reader, "9c"),
+        c,
+        "9c's certificate"
+    );
+    for slot in ["9a", "9c"] {
+        assert!(
+            run::slot_key_matches_cert(&card.reader, slot, PIN, dir.path()),
+            "slot {slot}: the old key is gone"
+        );
+    }
+    assert_eq!(
+        retired_keys(card),
+        Vec::<u8>::new(),
+        "a staged key was left"
+    );
+}
+
+/// `enroll --force` of 9a and 9c on `card` through `proxy`, with `approle` credentials.
+fn rekey_via(
+    card: &Card,
+    vault: &Vault,
+    proxy: &FaultProxy,
+    approle: Option<&(String, String)>,
+) -> std::process::Command {
+    let mut env: Vec<(String, String)> = env(vault)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "VAULT_ADDR" => (k, proxy.addr.clone()),
+            "PIVAULT_ROLE_ID" => (k, approle.map_or(v, |r| r.0.clone())),
+            "PIVAULT_SECRET_ID" => (k, approle.map_or(v, |r| r.1.clone())),
+            _ => (k, v),
+        })
+        .collect();
+    env.push(("PIVAULT_VAULT_DEADLINE".into(), "20".into()));
+    run::enroll_cmd(
+        card,
+        &env,
+        &[
+            "--slot", "9a", "--slot", "9c", "--cn", "Jane", "--yes", "--force",
+        ],
+    )
+}
+
+/// The login and the pre-flight go on another thread while the card makes 9a's new key
+/// in a retired slot (firmware 5.7: staged, so it can be undone). Here the pre-flight is
+/// held by the proxy until the card has generated that key, and then Vault refuses it
+/// (an AppRole whose policy lacks the sign path): the staged key is deleted, 9a and 9c
+/// keep their keys and certificates, nothing is sent to be signed, and the error is the
+/// same one line as when the pre-flight answers first. Fails if the key made meanwhile
+/// is left behind (a retired slot holds a key) or if the pre-flight is awaited before
+/// generating (the GENERATE count stays put and the proxy is never released in time).
+#[test]
+fn a_preflight_refusal_that_comes_after_the_first_staged_key_changes_nothing() {
+    let vault = Vault::start_with(VaultOptions {
+        test_roles: true,
+        ..Default::default()
+    });
+    let (card, a, c) = enrolled_9a_9c(&vault);
+    let issued = vault.issued_cert_count();
+    let proxy = FaultProxy::start(ProxyOptions::to(&vault).rule(
+        Match::path("/v1/pki/sign/yubikey-piv-auth", 1),
+        Fault::Pause {
+            after_forward: false,
+        },
+    ));
+    let nosign = vault.nosign.clone().expect("test roles provisioned");
+    let g0 = generates(&card);
+    let mut cmd = rekey_via(&card, &vault, &proxy, Some(&nosign));
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("pivault");
+    assert!(
+        proxy.wait_paused(Duration::from_secs(60)).is_some(),
+        "the pre-flight never came: {}",
+        proxy.log_text()
+    );
+    let t0 = Instant::now();
+    while generates(&card) == g0 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let made = generates(&card) - g0;
+    proxy.release();
+    let o = child.wait_with_output().expect("pivault");
+    assert_eq!(
+        made, 1,
+        "9a's staged key is made while the pre-flight is out"
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = text(&o);
+    assert!(
+        err.contains("pki/sign/yubikey-piv-auth") && err.contains("403"),
+        "{err}"
+    );
+    assert_eq!(generates(&card) - g0, 1, "a second key was made");
+    assert_as_before(&card, &a, &c);
+    assert_eq!(vault.issued_cert_count(), issued, "Vault issued");
+}
+
+/// While Vault signs 9a's request, the card makes 9c's new key (staged). Here 9a's sign
+/// is refused for good (403 from the proxy, as if the AppRole's policy lost the sign
+/// path mid-run): the run stops, 9a's staged key and 9c's are deleted, 9c's request is
+/// never sent, both slots keep their keys and certificates. Fails if the next slot's key
+/// is not made before the answer (GENERATE count 1: no overlap) or is left behind.
+#[test]
+fn a_run_stopped_by_a_slots_answer_deletes_the_next_slots_staged_key() {
+    let vault = Vault::start();
+    let (card, a, c) = enrolled_9a_9c(&vault);
+    let issued = vault.issued_cert_count();
+    // Request 1 to sign/yubikey-piv-auth is the pre-flight, 2 is 9a's CSR.
+    let proxy = FaultProxy::start(ProxyOptions::to(&vault).rule(
+        Match::path("/v1/pki/sign/yubikey-piv-auth", 2),
+        Fault::Status(403),
+    ));
+    let g0 = generates(&card);
+    let o = run::run(rekey_via(&card, &vault, &proxy, None));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(
+        generates(&card) - g0,
+        2,
+        "9c's key is made while 9a's request is out"
+    );
+    let signs_9c = proxy
+        .log()
+        .iter()
+        .filter(|l| l.path.starts_with("/v1/pki/sign/yubikey-piv-email-signing"))
+        .count();
+    assert_eq!(signs_9c, 1, "only the pre-flight: {}", proxy.log_text());
+    assert!(text(&o).contains("not sent to Vault"), "{}", text(&o));
+    assert_as_before(&card, &a, &c);
+    assert_eq!(vault.issued_cert_count(), issued, "Vault issued");
 }
