@@ -333,8 +333,10 @@ pub enum KeyChoice {
     Generate,
     /// Certify the key already in the slot (renewal with --reuse-key).
     Existing(SubjectPublicKeyInfoOwned),
-    /// Generate a new key in a slot known to hold nothing (nothing to lose).
-    Fresh,
+    /// Generate a new key in a slot known to hold nothing (nothing to lose);
+    /// `deletable`: the firmware can delete it again (DELETE KEY, 5.7+), so a refusal
+    /// leaves the slot empty.
+    Fresh { deletable: bool },
     /// Re-key an occupied slot without risking its key (firmware 5.7+, MOVE KEY): generate
     /// in this free retired slot, and move the key over only once its certificate is
     /// verified (issue 10 defect 6).
@@ -345,7 +347,7 @@ pub enum KeyChoice {
 /// the slot, or the retired slot it was staged in) and the CSR signed on the card.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    at: Slot,
+    place: KeyPlace,
     key: SubjectPublicKeyInfoOwned,
     csr_pem: String,
 }
@@ -355,7 +357,10 @@ impl KeyChoice {
     /// existing key is not touched), so that it may go ahead before Vault's pre-flight has
     /// answered: a refused role or secret_id then still changes nothing on the token.
     pub fn undoable(&self) -> bool {
-        matches!(self, KeyChoice::Staged(_) | KeyChoice::Existing(_))
+        matches!(
+            self,
+            KeyChoice::Staged(_) | KeyChoice::Existing(_) | KeyChoice::Fresh { deletable: true }
+        )
     }
 
     /// Whether making this key ready destroys a key (generation in place over what the
@@ -386,13 +391,35 @@ pub fn prepare_slot(
         ctx.preflight.settle()?;
     }
     // Where the new key is made: the slot itself, or a free retired slot to move it from.
-    let (at, key, attested) = match key {
-        KeyChoice::Existing(k) => (sp.slot, k, None),
-        KeyChoice::Generate | KeyChoice::Fresh | KeyChoice::Staged(_) => {
-            let at = match key {
-                KeyChoice::Staged(via) => via,
-                _ => sp.slot,
+    let (place, key, attested) = match key {
+        KeyChoice::Existing(k) => (
+            KeyPlace {
+                slot: sp.slot,
+                at: sp.slot,
+                undo: false,
+            },
+            k,
+            None,
+        ),
+        KeyChoice::Generate | KeyChoice::Fresh { .. } | KeyChoice::Staged(_) => {
+            let place = match key {
+                KeyChoice::Staged(via) => KeyPlace {
+                    slot: sp.slot,
+                    at: via,
+                    undo: true,
+                },
+                KeyChoice::Fresh { deletable } => KeyPlace {
+                    slot: sp.slot,
+                    at: sp.slot,
+                    undo: deletable,
+                },
+                _ => KeyPlace {
+                    slot: sp.slot,
+                    at: sp.slot,
+                    undo: false,
+                },
             };
+            let at = place.at;
             step(token, obs, sp.slot, Step::Generating(sp.algorithm));
             // DESTRUCTIVE: replaces the private key in `at` (a free slot when staged).
             let (pin_policy, touch_policy) = if at == sp.slot {
@@ -410,22 +437,23 @@ pub fn prepare_slot(
                 )
             };
             let k = token.generate_key(at, sp.algorithm, pin_policy, touch_policy)?;
-            if at == sp.slot {
+            if !place.undo {
+                // A key the run can still take back is announced once it is certified.
                 obs.generated(sp.slot, &k)?;
             }
             checkpoint("generate");
             // Before anything goes to Vault: the key must be the one attested, and pass
             // the policy (issue 12, "Policy before signing").
-            let att = staged::or_discard(token, sp.slot, at, |t| {
-                attest::attest_key(t, setup, f9, at, &k)
-            })?;
+            let att =
+                staged::or_discard(token, place, |t| attest::attest_key(t, setup, f9, at, &k))?;
             if let Some(a) = &att {
                 obs.attested(sp.slot, a)?;
             }
-            (at, k, att)
+            (place, k, att)
         }
     };
-    let csr_pem = staged::or_discard(token, sp.slot, at, |token| {
+    let at = place.at;
+    let csr_pem = staged::or_discard(token, place, |token| {
         step(token, obs, sp.slot, Step::SigningCsr);
         // Slots with PIN policy "always" (9c by default) want the PIN right before each use;
         // the others keep the session's verification (SP 800-73-4 part 1, 4.2; Yubico's
@@ -452,7 +480,11 @@ pub fn prepare_slot(
         };
         Ok(csr.pem)
     })?;
-    Ok(Prepared { at, key, csr_pem })
+    Ok(Prepared {
+        place,
+        key,
+        csr_pem,
+    })
 }
 
 /// Right before the request goes to Vault: the pre-flight has answered, and the observer
@@ -464,7 +496,7 @@ pub fn before_request(
     p: &Prepared,
     obs: &mut dyn Observer,
 ) -> Result<(), Error> {
-    staged::or_discard(token, sp.slot, p.at, |token| {
+    staged::or_discard(token, p.place, |token| {
         ctx.preflight.settle()?;
         step(token, obs, sp.slot, Step::Requesting(sp.role));
         obs.requesting(sp.slot)
@@ -495,26 +527,28 @@ pub fn finish_slot(
     answer: Result<Issued, Error>,
     obs: &mut dyn Observer,
 ) -> Result<(Accepted, Vec<String>), Error> {
-    let (cert_der, accepted, warnings) = staged::or_discard(token, sp.slot, p.at, |token| {
+    let (cert_der, accepted, warnings) = staged::or_discard(token, p.place, |token| {
         let issued = answer?;
         obs.issued(sp.slot, &issued)?;
         checkpoint("sign");
         step(token, obs, sp.slot, Step::Importing);
         check_issued(ctx, sp, &p.key, &issued)
     })?;
-    if p.at != sp.slot {
+    if p.place.at != sp.slot {
         // Verified: only now the slot's old key is replaced (MOVE KEY keeps the policies).
-        token.move_key(p.at, Some(sp.slot))?;
+        token.move_key(p.place.at, Some(sp.slot))?;
+    }
+    if p.place.undo {
         obs.generated(sp.slot, &p.key)?;
     }
     write_checked(token, sp.slot, &cert_der)?;
     Ok((accepted, warnings))
 }
 
-/// Delete a prepared key staged in a retired slot whose request will not be sent (the
-/// run stopped first); a key in its own slot stays.
-pub fn abandon(token: &mut dyn PivToken, sp: &SlotPlan, p: Prepared, why: Error) -> Error {
-    staged::discard(token, sp.slot, p.at, why)
+/// Delete a prepared key whose request will not be sent (the run stopped first) when it
+/// can still be taken back; a key that replaced the slot's key in place stays.
+pub fn abandon(token: &mut dyn PivToken, p: Prepared, why: Error) -> Error {
+    staged::discard(token, p.place, why)
 }
 
 /// `enroll`'s slot policy: a new key in every slot (occupied slots were refused before,
@@ -554,7 +588,9 @@ impl SlotPolicy for Generate<'_> {
     ) -> Result<SlotAction, Error> {
         if !self.force {
             // Occupied slots were refused before the first key (`enroll`).
-            return Ok(SlotAction::Certify(KeyChoice::Fresh));
+            return Ok(SlotAction::Certify(KeyChoice::Fresh {
+                deletable: token.info().version >= staged::MOVE_KEY_FIRMWARE,
+            }));
         }
         let choice = staged::placement(token, sp.slot, &self.slots)?;
         if let KeyChoice::Staged(via) = choice {
@@ -651,6 +687,7 @@ pub fn enroll(
 mod import;
 pub mod staged;
 pub use import::{check_issued, import_issued, write_checked};
+use staged::KeyPlace;
 
 #[cfg(test)]
 #[path = "enroll_tests.rs"]

@@ -475,7 +475,7 @@ pub fn run_token(
                     "slot {}: not sent to Vault: an earlier slot stopped the run",
                     sp.slot
                 ));
-                let e = enroll::abandon(run.token, sp, p, why);
+                let e = enroll::abandon(run.token, p, why);
                 run.reports.push((index, failed_report(sp, &e)));
                 break;
             }

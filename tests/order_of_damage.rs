@@ -287,6 +287,18 @@ fn rekey_via(
     proxy: &FaultProxy,
     approle: Option<&(String, String)>,
 ) -> std::process::Command {
+    let args = ["--slot", "9a", "--slot", "9c", "--force"];
+    enroll_via(card, vault, proxy, approle, &args)
+}
+
+/// `enroll ARGS` for Jane on `card` through `proxy`, with `approle` credentials.
+fn enroll_via(
+    card: &Card,
+    vault: &Vault,
+    proxy: &FaultProxy,
+    approle: Option<&(String, String)>,
+    args: &[&str],
+) -> std::process::Command {
     let mut env: Vec<(String, String)> = env(vault)
         .into_iter()
         .map(|(k, v)| match k.as_str() {
@@ -297,13 +309,9 @@ fn rekey_via(
         })
         .collect();
     env.push(("PIVAULT_VAULT_DEADLINE".into(), "20".into()));
-    run::enroll_cmd(
-        card,
-        &env,
-        &[
-            "--slot", "9a", "--slot", "9c", "--cn", "Jane", "--yes", "--force",
-        ],
-    )
+    let mut c = run::enroll_cmd(card, &env, &["--cn", "Jane", "--yes"]);
+    c.args(args);
+    c
 }
 
 /// The login and the pre-flight go on another thread while the card makes 9a's new key
@@ -328,24 +336,12 @@ fn a_preflight_refusal_that_comes_after_the_first_staged_key_changes_nothing() {
             after_forward: false,
         },
     ));
-    let nosign = vault.nosign.clone().expect("test roles provisioned");
-    let g0 = generates(&card);
-    let mut cmd = rekey_via(&card, &vault, &proxy, Some(&nosign));
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().expect("pivault");
-    assert!(
-        proxy.wait_paused(Duration::from_secs(60)).is_some(),
-        "the pre-flight never came: {}",
-        proxy.log_text()
+    let (made, o) = refused_after_the_first_key(
+        &vault,
+        &card,
+        &proxy,
+        &["--slot", "9a", "--slot", "9c", "--force"],
     );
-    let t0 = Instant::now();
-    while generates(&card) == g0 && t0.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let made = generates(&card) - g0;
-    proxy.release();
-    let o = child.wait_with_output().expect("pivault");
     assert_eq!(
         made, 1,
         "9a's staged key is made while the pre-flight is out"
@@ -356,7 +352,6 @@ fn a_preflight_refusal_that_comes_after_the_first_staged_key_changes_nothing() {
         err.contains("pki/sign/yubikey-piv-auth") && err.contains("403"),
         "{err}"
     );
-    assert_eq!(generates(&card) - g0, 1, "a second key was made");
     assert_as_before(&card, &a, &c);
     assert_eq!(vault.issued_cert_count(), issued, "Vault issued");
 }
@@ -392,5 +387,71 @@ fn a_run_stopped_by_a_slots_answer_deletes_the_next_slots_staged_key() {
     assert_eq!(signs_9c, 1, "only the pre-flight: {}", proxy.log_text());
     assert!(text(&o).contains("not sent to Vault"), "{}", text(&o));
     assert_as_before(&card, &a, &c);
+    assert_eq!(vault.issued_cert_count(), issued, "Vault issued");
+}
+
+/// Run `enroll ARGS` with the AppRole whose policy lacks the sign path, through a proxy
+/// that holds the first pre-flight until the card has generated a key; the keys made,
+/// and pivault's output.
+fn refused_after_the_first_key(
+    vault: &Vault,
+    card: &Card,
+    proxy: &FaultProxy,
+    args: &[&str],
+) -> (u64, std::process::Output) {
+    let nosign = vault.nosign.clone().expect("test roles provisioned");
+    let g0 = generates(card);
+    let mut cmd = enroll_via(card, vault, proxy, Some(&nosign), args);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("pivault");
+    assert!(
+        proxy.wait_paused(Duration::from_secs(60)).is_some(),
+        "the pre-flight never came: {}",
+        proxy.log_text()
+    );
+    let t0 = Instant::now();
+    while generates(card) == g0 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.release();
+    let o = child.wait_with_output().expect("pivault");
+    (generates(card) - g0, o)
+}
+
+/// The same on a fresh 5.7 token: the first key is made in its empty slot while the
+/// pre-flight is out (firmware 5.7 can delete it again). Vault refuses: the key is
+/// deleted, the slot is empty (GET METADATA: no key; no certificate), exactly one key was
+/// made, nothing issued, and the error is the one line a refused pre-flight gives. Fails
+/// if the key is left in the slot.
+#[test]
+fn a_preflight_refusal_after_the_first_fresh_key_leaves_the_slot_empty() {
+    let vault = Vault::start_with(VaultOptions {
+        test_roles: true,
+        ..Default::default()
+    });
+    let card = card("5.7.4");
+    let issued = vault.issued_cert_count();
+    let proxy = FaultProxy::start(ProxyOptions::to(&vault).rule(
+        Match::path("/v1/pki/sign/yubikey-piv-auth", 1),
+        Fault::Pause {
+            after_forward: false,
+        },
+    ));
+    let (made, o) = refused_after_the_first_key(&vault, &card, &proxy, &["--slot", "9a"]);
+    assert_eq!(made, 1, "9a's key is made while the pre-flight is out");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = text(&o);
+    assert!(
+        err.contains("pki/sign/yubikey-piv-auth") && err.contains("403"),
+        "{err}"
+    );
+    assert!(!has_cert(&card, "9a"), "a certificate in 9a");
+    let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial)).expect("open");
+    let slot = yubikey::piv::SlotId::try_from(0x9au8).expect("9a");
+    assert!(
+        yubikey::piv::metadata(&mut yk, slot).is_err(),
+        "a key was left in 9a"
+    );
     assert_eq!(vault.issued_cert_count(), issued, "Vault issued");
 }

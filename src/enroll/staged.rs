@@ -22,27 +22,41 @@ pub fn default_pin_policy(slot: Slot, policy: PinPolicy) -> PinPolicy {
 /// First firmware with MOVE KEY (Yubico, "YubiKey 5.7 firmware": PIV key move/delete).
 pub const MOVE_KEY_FIRMWARE: FirmwareVersion = FirmwareVersion::new(5, 7, 0);
 
-/// Run `f`; when it fails and the key was staged in `at` (not the slot itself), delete
-/// the staged key so the failure leaves the token as it was.
+/// Where a new key for `slot` was made (`at`: the slot itself, or a retired slot it is
+/// staged in) and whether the run can still take it back (`undo`: a staged key, or a key
+/// made in an empty slot on firmware with DELETE KEY, until its certificate is in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPlace {
+    pub slot: Slot,
+    pub at: Slot,
+    pub undo: bool,
+}
+
+/// Run `f`; when it fails and the key can be taken back, delete it so the failure leaves
+/// the token as it was.
 pub(super) fn or_discard<T>(
     token: &mut dyn PivToken,
-    slot: Slot,
-    at: Slot,
+    place: KeyPlace,
     f: impl FnOnce(&mut dyn PivToken) -> Result<T, Error>,
 ) -> Result<T, Error> {
     match f(token) {
-        Err(e) => Err(discard(token, slot, at, e)),
+        Err(e) => Err(discard(token, place, e)),
         ok => ok,
     }
 }
 
-/// After `e`, delete the key staged in `at` for `slot` (nothing to do when the key was
-/// made in the slot itself), so the failure leaves the token as it was.
-pub(super) fn discard(token: &mut dyn PivToken, slot: Slot, at: Slot, e: Error) -> Error {
-    if at == slot {
+/// After `e`, delete a key the run can still take back (MOVE KEY to nowhere, Yubico INS
+/// F6 with P1 FF: DELETE KEY), so the failure leaves the token as it was.
+pub(super) fn discard(token: &mut dyn PivToken, place: KeyPlace, e: Error) -> Error {
+    let KeyPlace { slot, at, undo } = place;
+    if !undo {
         return e;
     }
     match token.move_key(at, None) {
+        Ok(()) if at == slot => {
+            log::info!("slot {slot}: the new key was deleted; the slot is empty again");
+            e
+        }
         Ok(()) => {
             log::info!(
                 "slot {slot}: the new key staged in {at} was deleted; slot {slot} is unchanged"
@@ -76,7 +90,7 @@ pub fn placement(token: &mut dyn PivToken, slot: Slot, avoid: &[Slot]) -> Result
         return Ok(KeyChoice::Generate);
     }
     if !occupied(token, slot)? {
-        return Ok(KeyChoice::Fresh);
+        return Ok(KeyChoice::Fresh { deletable: true });
     }
     for b in (0x82u8..=0x95).rev() {
         let Some(r) = Slot::from_byte(b) else {
