@@ -322,7 +322,7 @@ impl Run<'_, '_, '_> {
         self.policy.decide(self.token, self.ctx, sp)
     }
 
-    /// The card's half of a certified slot, up to the request.
+    /// The card's half of a certified slot, up to the request (not yet sent).
     fn prepare(
         &mut self,
         sp: &SlotPlan,
@@ -343,13 +343,21 @@ impl Run<'_, '_, '_> {
             &mut rec,
         );
         self.changed |= rec.notes.generated;
-        let p = r?;
+        r
+    }
+
+    /// Right before a slot's request goes: Vault's pre-flight answered, the journal told.
+    fn before_request(
+        &mut self,
+        sp: &SlotPlan,
+        p: &Prepared,
+        notes: &mut Notes,
+    ) -> Result<(), Error> {
         let mut rec = Recorder {
             inner: &mut *self.policy,
             notes,
         };
-        enroll::before_request(self.token, self.ctx, sp, &p, &mut rec)?;
-        Ok(p)
+        enroll::before_request(self.token, self.ctx, sp, p, &mut rec)
     }
 
     /// Vault answered a slot's request: verify and import.
@@ -478,6 +486,12 @@ pub fn run_token(
                 let e = enroll::abandon(run.token, p, why);
                 run.reports.push((index, failed_report(sp, &e)));
                 break;
+            }
+            // Only now (the previous slot landed) is this request about to go: a crash
+            // before here must not leave it recorded as sent ("in doubt" for ever).
+            if let Err(e) = run.before_request(sp, &p, &mut notes) {
+                run.failed(index, sp, e);
+                continue;
             }
             let issuer = run.ctx.issuer;
             flight = Some(InFlight {

@@ -14,7 +14,8 @@
 //!   `min_firmware = "5.7.0"`: refused, no sign request, the token untouched;
 //! - `attested_pin_policy_refused_after_generation_sends_nothing`: PIN policy left to the
 //!   card (9e's default is `never`), so only the attestation can tell: refused after the
-//!   key was generated, nothing sent to Vault, exit code and message say the token changed;
+//!   key was generated, nothing sent to Vault; on 5.4.3 the key stays and exit code and
+//!   message say the token changed, on 5.7.4 the key is deleted again (slot empty);
 //! - `station_rekey_refused_after_generation_keeps_the_old_key_on_5_7`: an enrolled 5.7.4
 //!   token re-keyed by the station (`--force`) against a form-factor rule only the
 //!   attestation can check: refused with nothing sent to Vault, and 9a still holds its old
@@ -243,8 +244,16 @@ fn station_refuses_firmware_below_the_minimum() {
 
 #[test]
 fn attested_pin_policy_refused_after_generation_sends_nothing() {
+    // 5.4.3 cannot delete a key: the refused key stays and the token was changed. 5.7.4
+    // deletes it (DELETE KEY): the slot is empty again and nothing was changed.
+    for (firmware, deleted) in [("5.4.3", false), ("5.7.4", true)] {
+        refused_after_generation(firmware, deleted);
+    }
+}
+
+fn refused_after_generation(firmware: &str, deleted: bool) {
     let vault = audited_vault();
-    let card = card("5.7.4");
+    let card = card(firmware);
     let dir = tempfile::tempdir().expect("tmp");
     let chain = card.export_attestation_chain(dir.path());
     let mut env = vault.pivault_env();
@@ -270,16 +279,21 @@ fn attested_pin_policy_refused_after_generation_sends_nothing() {
         err.contains("slot 9e: refused by the attestation policy: PIN policy 'never'"),
         "{err}"
     );
-    assert!(
+    assert_eq!(
         err.contains("changed"),
-        "the message says the token changed: {err}"
+        !deleted,
+        "{firmware}: whether the message says the token changed: {err}"
     );
     assert!(signs(&vault).is_empty(), "a sign request reached Vault");
     assert_eq!(vault.issued_cert_count(), 0);
-    // The card (another client): a key in 9e, no certificate.
+    // The card (another client): no certificate in 9e; a key only where it cannot be
+    // deleted (pivault's status reads the slot's metadata).
     let mut c = tool("yubico-piv-tool");
     c.args(["-r", &card.reader, "-a", "read-certificate", "-s", "9e"]);
     assert!(!run::run(c).status.success(), "9e got a certificate");
+    let st = run::status_json(&card);
+    let slots = st["slots"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(slots, usize::from(!deleted), "{firmware}: {st}");
 }
 
 #[test]
