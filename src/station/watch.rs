@@ -5,7 +5,7 @@ use super::Station;
 use crate::error::Error;
 use crate::piv::readers::{ReaderEvent, Watcher};
 use crate::piv::yubikey::{Selector, YubiKeyToken};
-use crate::piv::PivToken;
+use crate::piv::{PivToken, TokenError};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,9 +122,23 @@ pub fn run(
         }
     });
     match failure {
-        Some(e) => Err(e.into()),
+        Some(e) => Err(watcher_failed(e, summary.tokens)),
         None => Ok(summary),
     }
+}
+
+/// The run's error when the reader watcher failed (pcscd stopped or restarted under the
+/// station): says so, and that the tokens in flight were still reported.
+fn watcher_failed(e: TokenError, reported: usize) -> Error {
+    let why = match e {
+        TokenError::Pcsc(why) => why,
+        other => other.to_string(),
+    };
+    TokenError::Pcsc(format!(
+        "the reader watcher failed: {why}; {reported} token(s) reported, the ones in flight \
+         included"
+    ))
+    .into()
 }
 
 /// Open the token just inserted in `reader` and work on it. Opening is retried for a few
