@@ -63,8 +63,19 @@ pub struct PrivatePcscd {
 struct Daemon {
     shell: Child,
     /// Held open: the shell kills pcscd when it closes.
-    _stdin: ChildStdin,
+    stdin: ChildStdin,
     pid: u32,
+}
+
+impl Daemon {
+    /// Close the pipe: the shell kills pcscd (if still alive), reaps it and exits.
+    fn end(self) {
+        let Daemon {
+            mut shell, stdin, ..
+        } = self;
+        drop(stdin);
+        let _ = shell.wait();
+    }
 }
 
 impl PrivatePcscd {
@@ -116,29 +127,14 @@ impl PrivatePcscd {
         std::fs::read_to_string(self.dir.path().join("pcscd.log")).unwrap_or_default()
     }
 
-    /// SIGKILL pcscd (not its supervisor) and wait until it is gone.
+    /// SIGKILL pcscd (not its supervisor) and wait until it is gone (the supervising shell
+    /// reaps it and exits).
     pub fn kill(&mut self) {
-        let Some(mut d) = self.daemon.take() else {
+        let Some(d) = self.daemon.take() else {
             return;
         };
         signal(d.pid, "KILL");
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Path::new(&format!("/proc/{}", d.pid)).exists() {
-            // A zombie until the shell reaps it: that is gone enough.
-            let state =
-                std::fs::read_to_string(format!("/proc/{}/stat", d.pid)).unwrap_or_default();
-            if state.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pcscd {} survived SIGKILL",
-                d.pid
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = d.shell.kill();
-        let _ = d.shell.wait();
+        d.end();
     }
 
     /// Start pcscd again after [`PrivatePcscd::kill`]: same readers, same ports.
@@ -236,13 +232,15 @@ impl PrivatePcscd {
         let log = self.dir.path().join("pcscd.log");
         // In the new namespace: /run/pcscd becomes our directory (private propagation, so
         // the host never sees the mount), pcscd starts in the foreground, its pid goes to
-        // stdout, and the shell waits for its stdin to close, then kills pcscd.
+        // stdout, and the shell waits for its stdin to close, then kills and reaps pcscd.
         let script = r#"set -e
 mount --bind "$1" /run/pcscd
 pcscd --foreground --config "$2" </dev/null >>"$3" 2>&1 &
-echo "$!"
+pid=$!
+echo "$pid"
 read -r _ || true
-kill -9 "$!" 2>/dev/null || true
+kill -9 "$pid" 2>/dev/null || true
+wait "$pid" || true
 "#;
         let mut shell = Command::new("unshare")
             .args([
@@ -274,11 +272,7 @@ kill -9 "$!" 2>/dev/null || true
                 self.log()
             )
         });
-        self.daemon = Some(Daemon {
-            shell,
-            _stdin: stdin,
-            pid,
-        });
+        self.daemon = Some(Daemon { shell, stdin, pid });
         let deadline = Instant::now() + START_TIMEOUT;
         while self.list().len() < 2 {
             assert!(
@@ -294,10 +288,8 @@ kill -9 "$!" 2>/dev/null || true
 
 impl Drop for PrivatePcscd {
     fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            // Closing the pipe makes the shell kill pcscd.
-            drop(d._stdin);
-            let _ = d.shell.wait();
+        if let Some(d) = self.daemon.take() {
+            d.end();
         }
     }
 }
