@@ -5,7 +5,7 @@
 mod common;
 
 use common::card::CardOptions;
-use common::private_pcscd::{PrivateCard, PrivatePcscd, PCSC_SOCKET_ENV};
+use common::private_pcscd::{private_serial, PrivateCard, PrivatePcscd, PCSC_SOCKET_ENV};
 use common::run::{self, pivault};
 use common::vault::{Vault, VaultOptions};
 use serde_json::Value;
@@ -33,15 +33,14 @@ fn setup(serials: &[u32]) -> Setup {
     }
 }
 
-/// The station against the private pcscd, watching `reader`, with -v (progress on stderr),
-/// ending after `max_tokens` reports. (With 1, the watcher is not polled once that token
-/// is in flight: the run is already complete but for it.)
+/// The station against the private pcscd, watching `readers`, with -v (progress on
+/// stderr) and --json (report lines on stdout too).
 fn station_cmd(
     vault: &Vault,
     s: &Setup,
     pcscd: &PrivatePcscd,
-    reader: &str,
-    max_tokens: u32,
+    readers: &[&str],
+    extra: &[&str],
 ) -> Command {
     let mut c = pivault(&run::anchored_env(vault));
     c.env(PCSC_SOCKET_ENV, pcscd.socket());
@@ -51,8 +50,10 @@ fn station_cmd(
         .arg(&s.report)
         .arg("--journal-dir")
         .arg(&s.journal);
-    c.args(["--reader", reader, "--idle-exit", "60"]);
-    c.args(["--max-tokens", &max_tokens.to_string()]);
+    for r in readers {
+        c.args(["--reader", r]);
+    }
+    c.args(extra);
     c
 }
 
@@ -118,6 +119,21 @@ fn finish(
     (status.code(), out)
 }
 
+/// Read stderr lines into `seen` until one matches (panics after 120 s, showing them).
+fn wait_line(rx: &Receiver<String>, seen: &mut String, want: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("the station never printed the line awaited:\n{seen}"));
+        seen.push_str(&l);
+        seen.push('\n');
+        if want(&l) {
+            return;
+        }
+    }
+}
+
 /// The certificate in `slot` as the card holds it, read by yubico-piv-tool through the
 /// private pcscd; `None` when the slot has none.
 fn card_cert(pcscd: &PrivatePcscd, card: &PrivateCard, slot: &str) -> Option<String> {
@@ -149,23 +165,24 @@ fn cert_serial(pem: &str, dir: &Path) -> String {
     common::vault::normalise_serial(&pairs.join(":"))
 }
 
-/// Issue 10, defect 11 ("a watcher error loses report lines in flight"), from outside: a
-/// station batch has a token in flight — Vault has issued the certificate for slot 9a and
-/// the card is frozen (SIGSTOP) holding the worker's next APDU — when pcscd is SIGKILLed,
-/// so the reader watcher's next SCardGetStatusChange fails. Then:
-/// - the report file (and `--json` stdout) has the line for that token, with its serial
-///   and its real result (failed, with the PC/SC reason; or enrolled had it finished);
-/// - the station exits non-zero with one error line saying the reader watcher failed, and
-///   a hint;
-/// - card and Vault agree with the line: Vault issued one certificate (cert list and audit
-///   log); it is not on the card, and a second run (pcscd and card back) imports that very
-///   certificate from the journal without Vault issuing it again — nothing silently
+/// Issue 10, defect 11 ("a watcher error loses report lines in flight"), from outside.
+/// A station batch: token B enrolled and reported; token A in flight (inserted while Vault
+/// is sealed, so its worker waits for Vault) when pcscd is SIGKILLed for good. The reader
+/// watcher fails, waits for pcscd ([`pivault::station::PCSCD_WAIT`]), gives up while A is
+/// still in flight; then Vault is unsealed and A's worker goes on against a dead pcscd.
+/// - The report file (and `--json` stdout) has A's line, with its serial and its real
+///   result: failed, with the PC/SC reason (B's line is there too).
+/// - The station exits non-zero with one error line saying the reader watcher failed, and
+///   a hint.
+/// - Card and Vault agree with the lines: Vault issued (cert list and audit log) exactly
+///   B's two certificates, which B's card holds (yubico-piv-tool, pcscd restarted); A's card
+///   holds none; a second run enrolls A with one certificate per slot — nothing silently
 ///   dropped, nothing issued twice.
 ///
-/// Fails on the old behaviour: with the watcher's error path in src/station/watch.rs
-/// changed to leave the loop without draining the tokens in flight (`return` from the
-/// scope instead of `break`), this test failed with "no report line for the token in
-/// flight" (checked by hand, 2026-12-02).
+/// Fails on the old behaviour: with the watcher's give-up path in src/station/watch.rs
+/// leaving the scope without draining the tokens in flight (`return` instead of `break`),
+/// this test failed with "no report line for the token in flight" (checked by hand,
+/// 2026-12-02; before the reconnection existed, the same held for the first error).
 #[test]
 fn a_watcher_error_still_reports_the_token_in_flight() {
     let vault = Vault::start_with(VaultOptions {
@@ -173,39 +190,50 @@ fn a_watcher_error_still_reports_the_token_in_flight() {
         ..Default::default()
     });
     let mut pcscd = PrivatePcscd::start();
-    let mut card = pcscd.card(0, CardOptions::default());
-    let s = setup(&[card.serial]);
-    let (child, rx) = spawn_lines(station_cmd(&vault, &s, &pcscd, &card.reader, 2));
-
-    // Hold the token mid-work: Vault has answered 9a's request, the import is next.
+    let mut b = pcscd.card(1, CardOptions::default());
+    let a_serial = private_serial();
+    let s = setup(&[a_serial, b.serial]);
+    let readers = [pcscd.readers[0].as_str(), pcscd.readers[1].as_str()];
+    let extra = [
+        "--max-tokens",
+        "3",
+        "--idle-exit",
+        "120",
+        "--vault-wait",
+        "120",
+    ];
+    let (child, rx) = spawn_lines(station_cmd(&vault, &s, &pcscd, &readers, &extra));
     let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let l = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("the station never reached 9a's import:\n{seen}"));
-        seen.push_str(&l);
-        seen.push('\n');
-        if l.contains("slot 9a") && l.contains("importing") {
-            break;
-        }
-    }
-    card.freeze();
-    let issued = vault.issuance().expect("Vault's issuance");
-    assert_eq!(issued.issued(), 1, "9a only, so far:\n{seen}");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_line(&rx, &mut seen, |l| {
+        l.contains(&format!("serial {} enrolled", b.serial))
+    });
+    // A arrives while Vault is sealed: its worker waits for Vault, in flight.
+    vault.seal();
+    let mut a = pcscd.card(
+        0,
+        CardOptions {
+            serial: Some(a_serial),
+            ..Default::default()
+        },
+    );
+    wait_line(&rx, &mut seen, |l| {
+        l.contains(&format!("serial {a_serial} waiting for Vault"))
+    });
     pcscd.kill();
-    card.thaw();
-    let (code, stdout) = finish(child, &rx, &mut seen, Duration::from_secs(60));
+    wait_line(&rx, &mut seen, |l| l.contains("did not come back"));
+    vault.unseal();
+    let (code, stdout) = finish(child, &rx, &mut seen, Duration::from_secs(120));
     let all = format!("status {code:?}\n--- stdout\n{stdout}\n--- stderr\n{seen}");
 
-    // The line for the token in flight.
+    // A's line, after B's.
     let lines = report_lines(&s.report);
     let line = lines
         .iter()
-        .find(|l| l["serial"] == card.serial)
+        .find(|l| l["serial"] == a_serial)
         .unwrap_or_else(|| panic!("no report line for the token in flight:\n{all}"));
-    assert_eq!(lines.len(), 1, "{all}");
+    assert_eq!(lines.len(), 2, "{all}");
+    assert_eq!(lines[0]["serial"], b.serial, "{all}");
+    assert_eq!(lines[0]["result"], "enrolled", "{all}");
     let printed: Vec<Value> = serde_json::Deserializer::from_str(&stdout)
         .into_iter()
         .collect::<Result<_, _>>()
@@ -220,9 +248,8 @@ fn a_watcher_error_still_reports_the_token_in_flight() {
         lines.iter().collect::<Vec<_>>(),
         "--json stdout and the report differ:\n{all}"
     );
-    let result = line["result"].as_str().unwrap_or_default();
+    assert_eq!(line["result"], "failed", "{all}");
     let error = line["error"].as_str().unwrap_or_default();
-    assert_eq!(result, "failed", "{all}");
     assert!(
         error.contains("PC/SC") && error.contains("pcscd"),
         "the line does not give the PC/SC reason: {line}\n{all}"
@@ -244,41 +271,127 @@ fn a_watcher_error_still_reports_the_token_in_flight() {
         "{all}"
     );
 
-    // Card and Vault agree with the line: 9a's certificate was issued, not imported.
-    pcscd.restart();
-    card.restart(&pcscd);
-    let issued_9a: Vec<String> = issued.listed.iter().cloned().collect();
+    // Card and Vault agree with the lines.
     let dir = s.dir.path();
-    if let Some(pem) = card_cert(&pcscd, &card, "9a") {
-        // Only if the import beat the kill: then it must be the certificate Vault issued.
-        assert_eq!(vec![cert_serial(&pem, dir)], issued_9a, "{all}");
+    let issued = vault.issuance().expect("Vault's issuance");
+    assert_eq!(issued.issued(), 2, "B's two slots only:\n{all}");
+    pcscd.restart();
+    b.restart(&pcscd);
+    a.restart(&pcscd);
+    for slot in ["9a", "9d"] {
+        let pem = card_cert(&pcscd, &b, slot).expect("B's certificate");
+        assert!(issued.listed.contains(&cert_serial(&pem, dir)), "B {slot}");
+        assert!(card_cert(&pcscd, &a, slot).is_none(), "A {slot}: {all}");
     }
-    assert!(card_cert(&pcscd, &card, "9d").is_none(), "{all}");
-    let after = vault.issuance().expect("Vault's issuance");
-    assert_eq!(after.issued(), 1, "{all}");
 
-    // A second run finishes the token with that very certificate, issuing only 9d's.
-    let (child, rx) = spawn_lines(station_cmd(&vault, &s, &pcscd, &card.reader, 1));
+    // A second run enrolls A, one certificate per slot.
+    let (child, rx) = spawn_lines(station_cmd(
+        &vault,
+        &s,
+        &pcscd,
+        &[&a.reader],
+        &["--max-tokens", "1", "--idle-exit", "60"],
+    ));
     let mut seen2 = String::new();
     let (code, stdout) = finish(child, &rx, &mut seen2, Duration::from_secs(120));
     let all2 = format!("status {code:?}\n--- stdout\n{stdout}\n--- stderr\n{seen2}");
     assert_eq!(code, Some(0), "{all2}");
     let lines = report_lines(&s.report);
-    assert_eq!(lines.len(), 2, "{all2}");
-    assert_eq!(lines[1]["serial"], card.serial, "{all2}");
-    assert_eq!(lines[1]["result"], "resumed", "{all2}");
+    assert_eq!(lines.len(), 3, "{all2}");
+    assert_eq!(lines[2]["serial"], a_serial, "{all2}");
+    assert!(
+        matches!(lines[2]["result"].as_str(), Some("enrolled" | "resumed")),
+        "{all2}"
+    );
+    let end = vault.issuance().expect("Vault's issuance");
+    assert_eq!(end.issued(), 4, "{all2}");
+    assert!(
+        end.per_csr().values().all(|n| *n == 1),
+        "a request was signed twice"
+    );
+    for slot in ["9a", "9d"] {
+        let pem = card_cert(&pcscd, &a, slot).expect("A's certificate");
+        assert!(end.listed.contains(&cert_serial(&pem, dir)), "A {slot}");
+    }
+}
+
+/// pcscd restarted under a running station (as on a package upgrade): the reader watcher
+/// reconnects instead of ending the run. The token in flight when pcscd died (Vault had
+/// issued 9a's certificate, the card held the import) is reported failed with the PC/SC
+/// reason; once pcscd and the card are back, the station works on the token again by
+/// itself and finishes it with the certificate Vault already issued (journal), so the
+/// batch needs no re-run and nothing is issued twice. Checked from outside: report file,
+/// the card's slots (yubico-piv-tool), Vault's cert list and audit log.
+///
+/// Fails without the reconnection (the watcher's first error ending the run): the station
+/// then exits with "the reader watcher failed" and one report line.
+#[test]
+fn the_station_keeps_watching_when_pcscd_restarts() {
+    let vault = Vault::start_with(VaultOptions {
+        audit: true,
+        ..Default::default()
+    });
+    let mut pcscd = PrivatePcscd::start();
+    let mut card = pcscd.card(0, CardOptions::default());
+    let s = setup(&[card.serial]);
+    let (child, rx) = spawn_lines(station_cmd(
+        &vault,
+        &s,
+        &pcscd,
+        &[&card.reader],
+        &["--max-tokens", "2", "--idle-exit", "60"],
+    ));
+    let mut seen = String::new();
+    wait_line(&rx, &mut seen, |l| {
+        l.contains("slot 9a") && l.contains("importing")
+    });
+    card.freeze();
+    let first = vault.issuance().expect("Vault's issuance");
+    assert_eq!(first.issued(), 1, "9a only, so far:\n{seen}");
+    std::thread::sleep(Duration::from_millis(300));
+    pcscd.kill();
+    card.thaw();
+    // The watcher noticed; pcscd comes back (a restart), and so does the card.
+    wait_line(&rx, &mut seen, |l| l.contains("waiting up to"));
+    let t0 = Instant::now();
+    pcscd.restart();
+    card.restart(&pcscd);
+    let down = t0.elapsed();
+    let (code, stdout) = finish(child, &rx, &mut seen, Duration::from_secs(120));
+    let all =
+        format!("status {code:?} (pcscd away {down:?})\n--- stdout\n{stdout}\n--- stderr\n{seen}");
+
+    let lines = report_lines(&s.report);
+    assert_eq!(lines.len(), 2, "{all}");
+    assert!(lines.iter().all(|l| l["serial"] == card.serial), "{all}");
+    assert_eq!(lines[0]["result"], "failed", "{all}");
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pcscd"),
+        "{all}"
+    );
+    assert_eq!(lines[1]["result"], "resumed", "{all}");
+    assert!(seen.contains("pcscd answers again"), "{all}");
+    assert!(!seen.contains("pivault: error:"), "{all}");
+    // One report failed: exit 1, as for any batch with a failed token.
+    assert_eq!(code, Some(1), "{all}");
+
+    // The card holds the certificate Vault issued before pcscd died; nothing issued twice.
+    let dir = s.dir.path();
     let pem = card_cert(&pcscd, &card, "9a").expect("9a holds a certificate");
     assert_eq!(
         vec![cert_serial(&pem, dir)],
-        issued_9a,
-        "9a holds another certificate than the one Vault issued in the first run"
+        first.listed.iter().cloned().collect::<Vec<_>>(),
+        "9a holds another certificate than the one issued before pcscd died\n{all}"
     );
     let end = vault.issuance().expect("Vault's issuance");
-    assert_eq!(end.issued(), 2, "{all2}");
+    assert_eq!(end.issued(), 2, "{all}");
     assert!(
         end.per_csr().values().all(|n| *n == 1),
         "a request was signed twice"
     );
     let pem9d = card_cert(&pcscd, &card, "9d").expect("9d holds a certificate");
-    assert!(end.listed.contains(&cert_serial(&pem9d, dir)), "{all2}");
+    assert!(end.listed.contains(&cert_serial(&pem9d, dir)), "{all}");
 }

@@ -50,6 +50,13 @@ impl Watcher {
         })
     }
 
+    /// A new PC/SC context after pcscd went away (the old one is dead for good), and a
+    /// fresh start: cards present at the next poll count as inserted.
+    pub fn reconnect(&mut self) -> Result<(), TokenError> {
+        *self = Watcher::new()?;
+        Ok(())
+    }
+
     fn reader_names(&self) -> Result<Vec<CString>, TokenError> {
         match self.ctx.list_readers_owned() {
             Ok(r) => Ok(r),

@@ -192,18 +192,11 @@ impl PrivatePcscd {
 
     /// A virtual YubiKey in reader `n` (0 or 1) of this pcscd; returns once pcscd shows it.
     pub fn card(&self, n: usize, opts: CardOptions) -> PrivateCard {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
         let state_dir = tempfile::Builder::new()
             .prefix("pivault-vcard-")
             .tempdir()
             .expect("temporary directory for the card state");
-        let serial = opts.serial.unwrap_or_else(|| {
-            // Unique among live test processes (pid) and this process's cards; a range of
-            // its own, apart from card.rs's.
-            2_000_000_000
-                + (std::process::id() % 1_000_000) * 100
-                + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
-        });
+        let serial = opts.serial.unwrap_or_else(private_serial);
         let mut card = PrivateCard {
             serial,
             reader: self.readers[n].clone(),
@@ -240,7 +233,7 @@ pid=$!
 echo "$pid"
 read -r _ || true
 kill -9 "$pid" 2>/dev/null || true
-wait "$pid" || true
+wait "$pid" 2>/dev/null || true
 "#;
         let mut shell = Command::new("unshare")
             .args([
@@ -450,6 +443,16 @@ impl Drop for PrivateCard {
         }
         self.stop();
     }
+}
+
+/// A card serial unique among live test processes (pid) and this process's cards, in a
+/// range of its own (card.rs's cards are 1_xxx_xxx_xxx): for an allow-list written before
+/// the card starts (`CardOptions::serial`).
+pub fn private_serial() -> u32 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    2_000_000_000
+        + (std::process::id() % 1_000_000) * 100
+        + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
 }
 
 /// Two consecutive free TCP ports (vpcd listens on both), as the kernel hands them out.
