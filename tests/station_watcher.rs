@@ -168,8 +168,9 @@ fn cert_serial(pem: &str, dir: &Path) -> String {
 /// Issue 10, defect 11 ("a watcher error loses report lines in flight"), from outside.
 /// A station batch: token B enrolled and reported; token A in flight (inserted while Vault
 /// is sealed, so its worker waits for Vault) when pcscd is SIGKILLed for good. The reader
-/// watcher fails, waits for pcscd ([`pivault::station::PCSCD_WAIT`]), gives up while A is
-/// still in flight; then Vault is unsealed and A's worker goes on against a dead pcscd.
+/// watcher fails, waits for pcscd (`PCSCD_WAIT` in src/station/watch.rs, 15 s) and gives
+/// up while A is still in flight; then Vault is unsealed and A's worker goes on against a
+/// dead pcscd.
 /// - The report file (and `--json` stdout) has A's line, with its serial and its real
 ///   result: failed, with the PC/SC reason (B's line is there too).
 /// - The station exits non-zero with one error line saying the reader watcher failed, and

@@ -7,7 +7,7 @@
 //! let mut card = pcscd.card(0, CardOptions::default());
 //! let mut c = pivault(&env);  c.env(PCSC_SOCKET_ENV, pcscd.socket());   // or pcscd.tool(..)
 //! card.freeze();  pcscd.kill();  card.thaw();    // pcscd dies while the card holds an APDU
-//! pcscd.restart();  card.restart();              // same readers, same card state
+//! pcscd.restart();  card.restart(&pcscd);        // same readers, same card state
 //! ```
 //!
 //! How (found on this machine, pcsc-lite 1.9.9, Debian 12):
@@ -15,10 +15,10 @@
 //!   then cached), but pcscd 1.9.9 does not: its socket and pid file are fixed at
 //!   /run/pcscd/pcscd.comm and /run/pcscd/pcscd.pid, and a second pcscd started there would
 //!   refuse (the shared one is alive) or, after a kill, delete the shared one's files. So
-//!   pcscd runs in a mount namespace of its own (`unshare -m`, needs root) where a
-//!   temporary directory is bind-mounted over /run/pcscd: the socket appears in that
-//!   directory on the host, and clients reach it with `PCSCLITE_CSOCK_NAME`. Nothing of the
-//!   shared pcscd is touched.
+//!   pcscd runs in a mount namespace of its own (`unshare -m`, as root or through
+//!   `sudo -n`) where a temporary directory is bind-mounted over /run/pcscd: the socket
+//!   appears in that directory on the host, and clients reach it with
+//!   `PCSCLITE_CSOCK_NAME`. Nothing of the shared pcscd is touched.
 //! - The in-process `pcsc` crate cannot be pointed at it (the socket name is cached per
 //!   process and this process talks to the shared pcscd), so everything that talks to this
 //!   pcscd is a child process: pivault, yubico-piv-tool, opensc-tool.
@@ -133,7 +133,11 @@ impl PrivatePcscd {
         let Some(d) = self.daemon.take() else {
             return;
         };
-        signal(d.pid, "KILL");
+        let status = as_root("kill")
+            .args(["-KILL", &d.pid.to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "cannot SIGKILL pcscd {}", d.pid);
         d.end();
     }
 
@@ -214,12 +218,6 @@ impl PrivatePcscd {
     }
 
     fn spawn(&mut self) {
-        let user = Command::new("id").arg("-u").output().expect("run id -u");
-        assert_eq!(
-            String::from_utf8_lossy(&user.stdout).trim(),
-            "0",
-            "a private pcscd needs root (unshare -m, mount --bind)"
-        );
         let run = self.dir.path().join("run");
         let conf = self.dir.path().join("reader.conf.d");
         let log = self.dir.path().join("pcscd.log");
@@ -235,7 +233,7 @@ read -r _ || true
 kill -9 "$pid" 2>/dev/null || true
 wait "$pid" 2>/dev/null || true
 "#;
-        let mut shell = Command::new("unshare")
+        let mut shell = as_root("unshare")
             .args([
                 "--mount",
                 "--propagation",
@@ -442,6 +440,19 @@ impl Drop for PrivateCard {
             signal(p.child.id(), "CONT");
         }
         self.stop();
+    }
+}
+
+/// `program` as root: directly when this process is root, else through `sudo -n` (as
+/// fixtures/pcsc/setup-readers.sh does); a mount namespace and a bind mount need root.
+fn as_root(program: &str) -> Command {
+    let id = Command::new("id").arg("-u").output().expect("run id -u");
+    if String::from_utf8_lossy(&id.stdout).trim() == "0" {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", program]);
+        c
     }
 }
 
