@@ -396,3 +396,44 @@ fn the_station_keeps_watching_when_pcscd_restarts() {
     let pem9d = card_cert(&pcscd, &card, "9d").expect("9d holds a certificate");
     assert!(end.listed.contains(&cert_serial(&pem9d, dir)), "{all}");
 }
+
+/// A station whose run ends (here: `--idle-exit`) while pcscd is away does not exit 0 as
+/// if the batch were fine: it exits 1 saying the reader watcher failed (the token done
+/// before is reported as usual). Without that guard in src/station/watch.rs the station
+/// exited 0 here (checked by hand, 2026-12-02).
+#[test]
+fn a_run_ending_while_pcscd_is_away_is_no_success() {
+    let vault = Vault::start();
+    let mut pcscd = PrivatePcscd::start();
+    let card = pcscd.card(0, CardOptions::default());
+    let s = setup(&[card.serial]);
+    let (child, rx) = spawn_lines(station_cmd(
+        &vault,
+        &s,
+        &pcscd,
+        &[&card.reader],
+        &["--idle-exit", "5"],
+    ));
+    let mut seen = String::new();
+    wait_line(&rx, &mut seen, |l| {
+        l.contains(&format!("serial {} enrolled", card.serial))
+    });
+    let t0 = Instant::now();
+    pcscd.kill();
+    let (code, stdout) = finish(child, &rx, &mut seen, Duration::from_secs(60));
+    let took = t0.elapsed();
+    let all = format!("status {code:?} after {took:?}\n--- stdout\n{stdout}\n--- stderr\n{seen}");
+    assert!(
+        took < Duration::from_secs(14),
+        "not ended by --idle-exit: {all}"
+    );
+    assert_eq!(code, Some(1), "{all}");
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("pivault: error:") && l.contains("reader watcher failed")),
+        "{all}"
+    );
+    let lines = report_lines(&s.report);
+    assert_eq!(lines.len(), 1, "{all}");
+    assert_eq!(lines[0]["result"], "enrolled", "{all}");
+}
