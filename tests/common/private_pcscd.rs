@@ -30,6 +30,9 @@
 //! - pcscd runs in the foreground under a supervising `sh` that reads a pipe this process
 //!   holds: when the test process ends, however it ends, the pipe closes and the `sh`
 //!   kills its pcscd. The `sh` prints pcscd's pid, so a test can SIGKILL pcscd alone.
+//! - That pcscd sees no USB driver (an empty directory is mounted over
+//!   /usr/lib/pcsc/drivers, its usbdropdir in Debian's build), so it never claims a real
+//!   USB reader from the machine's pcscd; its vpcd driver is a copy in its directory.
 //! - A card sees EOF when its pcscd dies and exits (code 1): [`PrivateCard::restart`]
 //!   starts it again with the same state file once pcscd is back.
 
@@ -87,6 +90,11 @@ impl PrivatePcscd {
             .expect("temporary directory for a private pcscd");
         std::fs::create_dir(dir.path().join("run")).expect("run directory");
         std::fs::create_dir(dir.path().join("reader.conf.d")).expect("configuration directory");
+        std::fs::create_dir(dir.path().join("no-usb-drivers")).expect("empty driver directory");
+        // pcscd loads a driver file once per path; a copy of our own, outside the USB
+        // driver directory that the namespace hides.
+        let driver = dir.path().join("libifdvpcd.so");
+        std::fs::copy(vpcd_driver(), &driver).expect("copy the vpcd driver");
         let port = free_port_pair();
         let name = format!("Yubico YubiKey CCID vpcd {port}");
         std::fs::write(
@@ -95,7 +103,7 @@ impl PrivatePcscd {
                 "# A private pcscd of tests/common/private_pcscd.rs\n\
                  FRIENDLYNAME \"{name}\"\nDEVICENAME   /dev/null:{port}\n\
                  LIBPATH      {}\nCHANNELID    {port}\n",
-                vpcd_driver()
+                driver.display()
             ),
         )
         .expect("reader configuration");
@@ -222,10 +230,13 @@ impl PrivatePcscd {
         let conf = self.dir.path().join("reader.conf.d");
         let log = self.dir.path().join("pcscd.log");
         // In the new namespace: /run/pcscd becomes our directory (private propagation, so
-        // the host never sees the mount), pcscd starts in the foreground, its pid goes to
-        // stdout, and the shell waits for its stdin to close, then kills and reaps pcscd.
+        // the host never sees the mount), and the USB driver directory (pcscd's
+        // usbdropdir) an empty one, so this pcscd never claims a real USB reader that the
+        // machine's pcscd serves; pcscd starts in the foreground, its pid goes to stdout,
+        // and the shell waits for its stdin to close, then kills and reaps pcscd.
         let script = r#"set -e
 mount --bind "$1" /run/pcscd
+if [ -d /usr/lib/pcsc/drivers ]; then mount --bind "$4" /usr/lib/pcsc/drivers; fi
 pcscd --foreground --config "$2" </dev/null >>"$3" 2>&1 &
 pid=$!
 echo "$pid"
@@ -246,6 +257,7 @@ wait "$pid" 2>/dev/null || true
             .arg(&run)
             .arg(&conf)
             .arg(&log)
+            .arg(self.dir.path().join("no-usb-drivers"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
