@@ -1,6 +1,12 @@
-//! `pivault station` when its reader watcher fails: pcscd dies under a running batch. The
-//! station talks to a pcscd of this test's own (tests/common/private_pcscd.rs, a mount
-//! namespace of its own), so killing it disturbs no other test.
+//! `pivault station` when pcscd dies under a running batch: the token in flight is still
+//! reported (issue 10, defect 11), a pcscd that comes back is reconnected to, one that does
+//! not ends the run with the watcher's error. The station talks to a pcscd of this test's
+//! own (tests/common/private_pcscd.rs, a mount namespace of its own), so killing it
+//! disturbs no other test: nothing here needs to run alone.
+//!
+//! The moment to act is taken from the station's `-v` progress on stderr (the workflow's
+//! step lines, e.g. "token N slot 9a: verifying and importing the certificate"), not from
+//! an APDU number, so the tests do not depend on how many APDUs the workflow sends.
 
 mod common;
 
