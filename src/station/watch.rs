@@ -43,7 +43,7 @@ pub struct Summary {
 /// worked on again, as a freshly started station would (the workflow resumes from its
 /// journal and escrow record; an enrolled token is reported already enrolled). If pcscd
 /// stays away, the run ends with the watcher's error once the tokens in flight are
-/// reported.
+/// reported; so does a run stopped (signal, `--idle-exit`) while pcscd is away.
 pub fn run(
     st: &Station<'_>,
     opts: &RunOptions,
@@ -72,15 +72,20 @@ pub fn run(
             });
         };
         loop {
-            let done = stop.load(Ordering::SeqCst)
-                || opts
-                    .max_tokens
-                    .is_some_and(|m| summary.tokens + busy.len() >= m)
+            let complete = opts
+                .max_tokens
+                .is_some_and(|m| summary.tokens + busy.len() >= m);
+            let done = complete
+                || stop.load(Ordering::SeqCst)
                 || (busy.is_empty()
                     && opts.idle_exit.is_some_and(|d| last_activity.elapsed() >= d));
             if done {
-                // Ending while pcscd is away (say, --idle-exit) is no success.
-                failure = down.take().map(|(_, e)| e);
+                // Stopped or idle while pcscd is away is no success: tokens may be waiting
+                // in readers nobody watched. A batch complete to --max-tokens is reported
+                // in full.
+                if !complete {
+                    failure = down.take().map(|(_, e)| e);
+                }
                 break;
             }
             let mine = |r: &str| opts.readers.is_empty() || opts.readers.iter().any(|x| x == r);
