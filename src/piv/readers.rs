@@ -27,6 +27,12 @@ fn pcsc_err(e: pcsc::Error) -> TokenError {
         pcsc::Error::NoService | pcsc::Error::ServiceStopped => {
             TokenError::Pcsc("the PC/SC service (pcscd) is not running".into())
         }
+        // What a client of pcsc-lite sees when pcscd dies under it: the call in progress
+        // fails with SCARD_F_COMM_ERROR (measured: pcscd SIGKILLed during
+        // SCardGetStatusChange), later calls on the old context with an invalid handle.
+        pcsc::Error::CommError | pcsc::Error::InvalidHandle => TokenError::Pcsc(format!(
+            "the PC/SC service (pcscd) stopped or restarted ({e})"
+        )),
         e => TokenError::Pcsc(e.to_string()),
     }
 }
@@ -42,6 +48,13 @@ impl Watcher {
             )],
             present: BTreeMap::new(),
         })
+    }
+
+    /// A new PC/SC context after pcscd went away (the old one is dead for good), and a
+    /// fresh start: cards present at the next poll count as inserted.
+    pub fn reconnect(&mut self) -> Result<(), TokenError> {
+        *self = Watcher::new()?;
+        Ok(())
     }
 
     fn reader_names(&self) -> Result<Vec<CString>, TokenError> {

@@ -5,7 +5,7 @@ use super::Station;
 use crate::error::Error;
 use crate::piv::readers::{ReaderEvent, Watcher};
 use crate::piv::yubikey::{Selector, YubiKeyToken};
-use crate::piv::PivToken;
+use crate::piv::{PivToken, TokenError};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +36,14 @@ pub struct Summary {
 
 /// Watch the readers and enroll tokens in parallel (one thread per reader) until `stop`
 /// is set (SIGINT/SIGTERM) or an option ends the run; tokens in flight are finished first.
+///
+/// When pcscd goes away (stopped, or restarted as on a package upgrade) the watcher
+/// reconnects for up to [`PCSCD_WAIT`]: a token in flight has lost its card connection
+/// and is reported failed, and every token still in a reader once pcscd answers again is
+/// worked on again, as a freshly started station would (the workflow resumes from its
+/// journal and escrow record; an enrolled token is reported already enrolled). If pcscd
+/// stays away, the run ends with the watcher's error once the tokens in flight are
+/// reported; so does a run stopped (signal, `--idle-exit`) while pcscd is away.
 pub fn run(
     st: &Station<'_>,
     opts: &RunOptions,
@@ -52,6 +60,8 @@ pub fn run(
         // Readers that saw a new insertion while their previous token was worked on.
         let mut again: BTreeSet<String> = BTreeSet::new();
         let mut last_activity = Instant::now();
+        // Since when the watcher has failed, and why (pcscd stopped or restarting).
+        let mut down: Option<(Instant, TokenError)> = None;
         let spawn = |reader: String, busy: &mut BTreeSet<String>| {
             on_event(&format!("{reader}: token inserted"));
             busy.insert(reader.clone());
@@ -62,22 +72,66 @@ pub fn run(
             });
         };
         loop {
-            let done = stop.load(Ordering::SeqCst)
-                || opts
-                    .max_tokens
-                    .is_some_and(|m| summary.tokens + busy.len() >= m)
+            let complete = opts
+                .max_tokens
+                .is_some_and(|m| summary.tokens + busy.len() >= m);
+            let done = complete
+                || stop.load(Ordering::SeqCst)
                 || (busy.is_empty()
                     && opts.idle_exit.is_some_and(|d| last_activity.elapsed() >= d));
             if done {
+                // Stopped or idle while pcscd is away is no success: tokens may be waiting
+                // in readers nobody watched. A batch complete to --max-tokens is reported
+                // in full.
+                if !complete {
+                    failure = down.take().map(|(_, e)| e);
+                }
                 break;
             }
             let mine = |r: &str| opts.readers.is_empty() || opts.readers.iter().any(|x| x == r);
-            let events = match watcher.poll(Duration::from_millis(250)) {
-                Ok(ev) => ev,
-                // The tokens in flight are still finished and reported below.
+            let polled = match down {
+                // pcscd went away: its context is dead; a new one finds it back.
+                Some(_) => watcher
+                    .reconnect()
+                    .and_then(|()| watcher.poll(Duration::from_millis(250))),
+                None => watcher.poll(Duration::from_millis(250)),
+            };
+            let events = match polled {
+                Ok(ev) => {
+                    if let Some((since, _)) = down.take() {
+                        on_event(&format!(
+                            "reader watcher: pcscd answers again after {} ms; tokens in the \
+                             readers are worked on again",
+                            since.elapsed().as_millis()
+                        ));
+                    }
+                    ev
+                }
                 Err(e) => {
-                    failure = Some(e);
-                    break;
+                    let since = match &down {
+                        Some((since, _)) => *since,
+                        None => {
+                            on_event(&format!(
+                                "reader watcher: {e}; waiting up to {} s for pcscd",
+                                PCSCD_WAIT.as_secs()
+                            ));
+                            Instant::now()
+                        }
+                    };
+                    if since.elapsed() >= PCSCD_WAIT {
+                        // The tokens in flight are still finished and reported below.
+                        on_event(&format!(
+                            "reader watcher: pcscd did not come back in {} s; finishing the \
+                             {} token(s) in flight, then stopping",
+                            PCSCD_WAIT.as_secs(),
+                            busy.len()
+                        ));
+                        failure = Some(e);
+                        break;
+                    }
+                    down = Some((since, e));
+                    std::thread::sleep(Duration::from_millis(500));
+                    Vec::new()
                 }
             };
             for ev in events {
@@ -122,9 +176,23 @@ pub fn run(
         }
     });
     match failure {
-        Some(e) => Err(e.into()),
+        Some(e) => Err(watcher_failed(e, summary.tokens)),
         None => Ok(summary),
     }
+}
+
+/// The run's error when the reader watcher failed (pcscd stopped or restarted under the
+/// station): says so, and that the tokens in flight were still reported.
+fn watcher_failed(e: TokenError, reported: usize) -> Error {
+    let why = match e {
+        TokenError::Pcsc(why) => why,
+        other => other.to_string(),
+    };
+    TokenError::Pcsc(format!(
+        "the reader watcher failed: {why}; {reported} token(s) reported, the ones in flight \
+         included"
+    ))
+    .into()
 }
 
 /// Open the token just inserted in `reader` and work on it. Opening is retried for a few
@@ -202,6 +270,11 @@ fn work_on(
         std::thread::sleep(Duration::from_secs(2));
     }
 }
+
+/// How long the reader watcher waits for pcscd to come back before the run fails: a
+/// restart (`systemctl restart pcscd`, a package upgrade; socket activation starts it on
+/// the next connection) takes about a second.
+pub const PCSCD_WAIT: Duration = Duration::from_secs(15);
 
 /// How many times a token is worked on again after its escrow record moved under it.
 const MAX_RECORD_MOVED: u64 = 3;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod card;
+pub mod private_pcscd;
 pub mod run;
 pub mod schema;
 pub mod vault;
