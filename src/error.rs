@@ -224,6 +224,11 @@ fn token_hint(t: &TokenError) -> Option<String> {
             "give the token's management key with PIVAULT_MGMT_KEY or --mgmt-key-file".into()
         }
         TokenError::CardRemoved => "reinsert the token and run the same command again".into(),
+        TokenError::WatcherFailed { .. } => {
+            "start pcscd (`systemctl start pcscd`), then run the station again: tokens reported \
+             failed resume from their journal and escrow record"
+                .into()
+        }
         TokenError::Pcsc(_) => "start pcscd (`systemctl start pcscd`) and check the reader".into(),
         _ => return None,
     })

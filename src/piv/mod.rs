@@ -53,6 +53,10 @@ pub enum TokenError {
     PinRequired,
     #[error("PC/SC: {0}")]
     Pcsc(String),
+    /// The station's reader watcher lost pcscd for good; the tokens in flight were still
+    /// reported.
+    #[error("PC/SC: the reader watcher failed: {why}; {reported} token(s) reported, the ones in flight included")]
+    WatcherFailed { why: String, reported: usize },
     #[error("token operation '{op}' failed: {detail}")]
     Card { op: &'static str, detail: String },
 }

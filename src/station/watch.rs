@@ -188,11 +188,7 @@ fn watcher_failed(e: TokenError, reported: usize) -> Error {
         TokenError::Pcsc(why) => why,
         other => other.to_string(),
     };
-    TokenError::Pcsc(format!(
-        "the reader watcher failed: {why}; {reported} token(s) reported, the ones in flight \
-         included"
-    ))
-    .into()
+    TokenError::WatcherFailed { why, reported }.into()
 }
 
 /// Open the token just inserted in `reader` and work on it. Opening is retried for a few
