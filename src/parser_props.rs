@@ -11,7 +11,7 @@
 use crate::error::Error;
 use crate::escrow::{migrate, RECORD_SCHEMA};
 use crate::piv::metadata;
-use crate::piv::tlv::{find_tlv, tlv};
+use crate::piv::tlv::{find_tlv, tlv, tlvs};
 use crate::piv::{Algorithm, MgmAlgorithm, Role, Slot};
 use crate::verify::{describe, pem_bundle_to_der, VerifyError};
 use proptest::prelude::*;
@@ -287,11 +287,28 @@ proptest! {
     /// sends, the value found lies inside the answer.
     #[test]
     fn tlv_values_stay_inside_the_answer(data in tlv_bytes(), tag in any::<u8>()) {
-        if let Some(v) = find_tlv(&data, tag) {
-            let (start, end) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
+        let (start, end) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
+        let inside = |v: &[u8]| {
             let p = v.as_ptr() as usize;
-            prop_assert!(p >= start && p + v.len() <= end);
+            p >= start && p + v.len() <= end
+        };
+        if let Some(v) = find_tlv(&data, tag) {
+            prop_assert!(inside(v));
         }
+        // The whole run: values inside, headers and values adding up to at most the
+        // answer, and an error only as the last item.
+        let items: Vec<_> = tlvs(&data).collect();
+        let mut used = 0;
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Ok((_, v)) => {
+                    prop_assert!(inside(v));
+                    used += 2 + v.len();
+                }
+                Err(_) => prop_assert_eq!(i, items.len() - 1),
+            }
+        }
+        prop_assert!(used <= data.len());
     }
 
     /// pivault's GET METADATA parser (every PIN, PUK, management-key and slot metadata

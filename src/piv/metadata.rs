@@ -380,6 +380,36 @@ mod tests {
         );
     }
 
+    /// Ed25519 and X25519 keys come out as RFC 8410 SubjectPublicKeyInfos: the first as
+    /// ed25519-dalek encodes it, the second with id-X25519 and no parameters.
+    #[test]
+    fn curve25519_keys() {
+        use p256::pkcs8::EncodePublicKey;
+        let vk = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]).verifying_key();
+        let mut data = vec![0x01, 0x01, 0xE0];
+        data.extend(crate::piv::tlv::tlv(
+            0x04,
+            &crate::piv::tlv::tlv(0x86, vk.as_bytes()),
+        ));
+        let m = parse(0x9C, &data).expect("ed25519");
+        let want = vk.to_public_key_der().expect("der");
+        assert_eq!(
+            m.public_key.expect("key").to_der().expect("der"),
+            want.as_bytes()
+        );
+        let mut data = vec![0x01, 0x01, 0xE1];
+        data.extend(crate::piv::tlv::tlv(
+            0x04,
+            &crate::piv::tlv::tlv(0x86, &[5; 32]),
+        ));
+        let m = parse(0x9D, &data).expect("x25519");
+        assert_eq!(m.algorithm, MetaAlgorithm::Key(KeyType::X25519));
+        let k = m.public_key.expect("key");
+        assert_eq!(k.algorithm.oid.to_string(), "1.3.101.110");
+        assert_eq!(k.algorithm.parameters, None);
+        assert_eq!(k.subject_public_key.raw_bytes(), &[5; 32]);
+    }
+
     #[test]
     fn malformed_answers_are_refused() {
         // The answer the crate's parser panics on.
