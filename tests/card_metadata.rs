@@ -270,6 +270,7 @@ fn enroll_on_a_card_with_malformed_metadata_stops_and_changes_nothing() {
         &["--slot", "9a", "--cn", "Jane Metadata"],
     ));
     let out = text(&o);
+    eprintln!("--- pivault enroll on a card answering 01 00\n{out}");
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("GET METADATA answer"), "{out}");
     assert!(out.contains("malformed"), "{out}");
