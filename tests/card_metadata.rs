@@ -297,3 +297,23 @@ fn enroll_on_a_card_with_malformed_metadata_stops_and_changes_nothing() {
         .expect("Vault's certificate list");
     assert!(issued.is_empty(), "issued: {issued:?}");
 }
+
+/// A token pulled while pivault's GET METADATA is on its way (vcard `--fault vanish@N`, N
+/// the first GET METADATA) is "the token was removed", not a card fault or a panic.
+#[test]
+fn a_token_pulled_during_a_metadata_read_is_reported_removed() {
+    // How many APDUs opening takes on this firmware: the next one is the metadata read.
+    let probe = card("5.7.4", &[]);
+    drop(open(&probe));
+    let opened = probe.apdu_count();
+    drop(probe);
+    let card = card("5.7.4", &["--fault", &format!("vanish@{}", opened + 1)]);
+    let mut t = open(&card);
+    let r = t.slot_key(slot("9a"));
+    assert!(
+        card.wait_line("vanished apdu=", std::time::Duration::from_secs(5))
+            .is_some_and(|l| l.ends_with("ins=F7")),
+        "the card did not vanish at GET METADATA ({r:?})"
+    );
+    assert_eq!(r, Err(TokenError::CardRemoved));
+}
