@@ -311,3 +311,105 @@ fn progress_is_plain_lines_off_a_terminal_and_absent_in_json() {
         "progress in --json mode: {err}"
     );
 }
+
+/// `pivault enroll --force` for slot 9a of a token in use, on a pty: after "Proceed?"
+/// the token's serial must be typed. Returns the session at that question.
+fn force_enroll(v: &Vault, card: &Card, cn: &str) -> PtySession {
+    let mut env = run::anchored_env(v);
+    env.push(("PIVAULT_PIN".into(), "123456".into()));
+    let mut c = run::enroll_cmd(card, &env, &["--force", "--slot", "9a", "--cn", cn]);
+    c.stdin(Stdio::inherit());
+    c.env("TERM", "xterm").env("COLUMNS", "200");
+    let mut p = rexpect::session::spawn_command(c, Some(TIMEOUT_MS)).expect("spawn on a pty");
+    p.exp_string("Proceed? (y/N) [N]: ").expect("proceed");
+    p.send_line("y").expect("send");
+    p.exp_string(&format!(
+        "This REPLACES keys on token {}. Type its serial to confirm: ",
+        card.serial
+    ))
+    .expect("the serial question");
+    p
+}
+
+/// The certificate in 9a (PEM, yubico-piv-tool) and whether 9a's private key is that
+/// certificate's (a signature through OpenSC verified by openssl).
+fn slot_9a(card: &Card) -> (String, bool) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pem = run::piv_tool_read_cert(&card.reader, "9a");
+    let matches = run::slot_key_matches_cert(&card.reader, "9a", "123456", dir.path());
+    (pem, matches)
+}
+
+/// `--force` at a terminal asks for the token's serial before re-keying an occupied slot:
+/// a wrong serial changes nothing (same certificate, same key, read by yubico-piv-tool and
+/// OpenSC; nothing issued by Vault) and exits 2 ("nothing done"); the right one re-keys.
+#[test]
+fn force_at_a_terminal_needs_the_token_serial_typed() {
+    let v = Vault::start_with(VaultOptions::default());
+    let card = Card::start_with(CardOptions {
+        version: Some("5.7.4".into()),
+        ..Default::default()
+    });
+    let mut env = run::anchored_env(&v);
+    env.push(("PIVAULT_PIN".into(), "123456".into()));
+    run::ok(run::enroll_cmd(
+        &card,
+        &env,
+        &["--cn", "olduser", "--slot", "9a"],
+    ));
+    let (old_pem, old_key) = slot_9a(&card);
+    assert!(
+        old_key,
+        "the first enrollment's key does not match its certificate"
+    );
+    let issued = v.try_issued_serials().expect("Vault's certificate list");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+
+    // A wrong serial (the right one with a digit changed).
+    let wrong = card.serial.wrapping_add(1).to_string();
+    let mut p = force_enroll(&v, &card, "mallory");
+    p.send_line(&wrong).expect("send");
+    let rest = p.exp_eof().expect("pivault ends");
+    eprintln!("--- after a wrong serial\n{rest}");
+    assert!(rest.contains("nothing done"), "{rest}");
+    let status = format!("{:?}", p.process().wait());
+    assert!(
+        status.contains("Exited(") && status.ends_with(", 2))"),
+        "exit: {status}\n{rest}"
+    );
+    let (pem, key) = slot_9a(&card);
+    assert_eq!(
+        pem, old_pem,
+        "9a's certificate changed after a wrong serial"
+    );
+    assert!(key, "9a's key changed after a wrong serial");
+    let after = v.try_issued_serials().expect("Vault's certificate list");
+    assert_eq!(after, issued, "Vault issued after a wrong serial");
+
+    // The right serial: re-keyed.
+    let mut p = force_enroll(&v, &card, "newuser");
+    p.send_line(&card.serial.to_string()).expect("send");
+    let rest = p.exp_eof().expect("pivault ends");
+    eprintln!("--- after the right serial\n{rest}");
+    let status = format!("{:?}", p.process().wait());
+    assert!(
+        status.contains("Exited(") && status.ends_with(", 0))"),
+        "exit: {status}\n{rest}"
+    );
+    let (pem, key) = slot_9a(&card);
+    assert_ne!(pem, old_pem, "9a's certificate was not replaced");
+    assert!(key, "9a's new key does not match its new certificate");
+    let dir = tempfile::tempdir().expect("tmp");
+    assert_ne!(
+        run::openssl_pubkey(&pem, dir.path()),
+        run::openssl_pubkey(&old_pem, dir.path()),
+        "9a was not re-keyed"
+    );
+    let t = run::openssl_text(&pem, dir.path());
+    assert!(
+        t.contains("CN=newuser") || t.contains("CN = newuser"),
+        "{t}"
+    );
+    let after = v.try_issued_serials().expect("Vault's certificate list");
+    assert_eq!(after.len(), 2, "{after:?}");
+}

@@ -7,8 +7,10 @@
 //! trait, so a unit test can put an in-process fake behind it for failures a real card
 //! cannot produce on demand (the integration tests always use the real PC/SC path).
 
+pub(crate) mod metadata;
 pub mod probe;
 pub mod readers;
+pub(crate) mod tlv;
 mod types;
 pub mod yubikey;
 

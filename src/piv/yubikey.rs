@@ -5,6 +5,8 @@
 //! words to `TokenError`, the ADMIN DATA / PRINTED objects, CHUID/CCC layouts); splitting
 //! it would spread the crate's names over several files.
 
+use super::metadata::{self, KeyType, MetaAlgorithm, Metadata};
+use super::tlv::{find_tlv, tlv};
 use super::{
     Algorithm, CredentialDefaults, FirmwareVersion, MgmAlgorithm, MgmKeyState, PinPolicy, PivToken,
     Slot, SlotKey, SlotPublicKey, TokenError, TokenInfo, TouchPolicy,
@@ -15,7 +17,7 @@ use spki::SubjectPublicKeyInfoOwned;
 use yubikey::{
     certificate::Certificate,
     mgm::{MgmAlgorithmId, MgmKey},
-    piv::{self, AlgorithmId, ManagementSlotId, RetiredSlotId, SlotAlgorithmId, SlotId},
+    piv::{self, AlgorithmId, RetiredSlotId, SlotId},
     reader::Context,
     YubiKey,
 };
@@ -176,18 +178,6 @@ fn alg_id(alg: Algorithm) -> AlgorithmId {
     }
 }
 
-fn alg_from_id(id: AlgorithmId) -> Option<Algorithm> {
-    Some(match id {
-        AlgorithmId::EccP256 => Algorithm::P256,
-        AlgorithmId::EccP384 => Algorithm::P384,
-        AlgorithmId::Rsa2048 => Algorithm::Rsa2048,
-        AlgorithmId::Rsa3072 => Algorithm::Rsa3072,
-        AlgorithmId::Rsa4096 => Algorithm::Rsa4096,
-        AlgorithmId::Ed25519 => Algorithm::Ed25519,
-        AlgorithmId::Rsa1024 | AlgorithmId::X25519 => return None,
-    })
-}
-
 fn mgm_alg_id(alg: MgmAlgorithm) -> MgmAlgorithmId {
     match alg {
         MgmAlgorithm::TripleDes => MgmAlgorithmId::ThreeDes,
@@ -263,28 +253,51 @@ fn status_error(op: &'static str, sw: u16) -> TokenError {
 /// Send one command; the status word of the answer (response data is not needed by the
 /// commands sent this way).
 fn transmit(tx: &pcsc::Transaction<'_>, apdu: &[u8]) -> Result<u16, TokenError> {
+    exchange(tx, apdu).map(|(_, sw)| sw)
+}
+
+/// The longest answer pivault follows through GET RESPONSE: a GET METADATA answer for an
+/// RSA-4096 key is about 530 bytes; a token that keeps answering 61xx is faulty.
+const MAX_ANSWER: usize = 4096;
+
+/// Send one command; the answer's data and status word. An answer longer than the short
+/// Le is fetched with GET RESPONSE while the token says 61xx (ISO/IEC 7816-4 5.3.4, the
+/// way the `yubikey` crate reads it too: the same APDUs on the card's counter).
+fn exchange(
+    tx: &pcsc::Transaction<'_>,
+    apdu: &[u8],
+) -> Result<(Zeroizing<Vec<u8>>, u16), TokenError> {
+    const GET_RESPONSE: [u8; 5] = [0x00, 0xC0, 0x00, 0x00, 0x00];
+    let mut data = Zeroizing::new(Vec::new());
     let mut buf = Zeroizing::new([0u8; 258]);
-    let r = tx.transmit(apdu, &mut *buf).map_err(pcsc_error)?;
-    match r {
-        [.., a, b] => Ok(u16::from_be_bytes([*a, *b])),
-        _ => Err(TokenError::Pcsc("an answer without status word".into())),
+    let mut command = apdu;
+    loop {
+        let r = tx.transmit(command, &mut *buf).map_err(pcsc_error)?;
+        let [body @ .., sw1, sw2] = r else {
+            return Err(TokenError::Pcsc("an answer without status word".into()));
+        };
+        data.extend_from_slice(body);
+        if *sw1 != 0x61 {
+            return Ok((data, u16::from_be_bytes([*sw1, *sw2])));
+        }
+        if data.len() > MAX_ANSWER {
+            return Err(TokenError::Pcsc(format!(
+                "the token's answer runs past {MAX_ANSWER} bytes"
+            )));
+        }
+        command = &GET_RESPONSE;
     }
 }
 
-/// A BER-TLV with a one-byte tag (lengths up to 65535, ISO 7816-4 5.2.2).
-fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    match value.len() {
-        n if n < 0x80 => out.push(n as u8),
-        n if n <= 0xFF => out.extend_from_slice(&[0x81, n as u8]),
-        n => {
-            let n = u16::try_from(n).unwrap_or(u16::MAX);
-            out.push(0x82);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(value);
-    out
+/// One GET METADATA answer, by status word.
+enum MetaAnswer {
+    /// 9000, parsed.
+    Found(Metadata),
+    /// 6A88: nothing in that slot.
+    Absent,
+    /// 6D00: instruction not supported (firmware before 5.3, or a token whose version
+    /// number promises more than it has).
+    NotSupported,
 }
 
 /// Largest object sent in one extended PUT DATA: a YubiKey's 3072-byte buffer less the
@@ -309,26 +322,6 @@ fn object_id(slot: Slot) -> u32 {
         0x9e => 0x005f_c101,
         b => 0x005f_c10d + u32::from(b.saturating_sub(0x82)),
     }
-}
-
-/// Find a BER-TLV value by tag in a flat run of TLVs (one-byte tags; short and 0x81/0x82
-/// long-form lengths, ISO 7816-4 5.2.2).
-pub(crate) fn find_tlv(mut data: &[u8], tag: u8) -> Option<&[u8]> {
-    while data.len() >= 2 {
-        let t = data[0];
-        let (len, hdr) = match data[1] {
-            l @ 0..=0x7f => (l as usize, 2),
-            0x81 => (*data.get(2)? as usize, 3),
-            0x82 => (((*data.get(2)? as usize) << 8) | *data.get(3)? as usize, 4),
-            _ => return None,
-        };
-        let value = data.get(hdr..hdr + len)?;
-        if t == tag {
-            return Some(value);
-        }
-        data = &data[hdr + len..];
-    }
-    None
 }
 
 /// PRINTED object: the PIN-protected data store (Yubico extension, object 5FC109).
@@ -545,6 +538,52 @@ impl YubiKeyToken {
         self.yk.authenticate(&k).map_err(|e| self.fail(op, e))
     }
 
+    /// GET METADATA (Yubico INS F7, P1 00, P2 the reference; docs.yubico.com "PIV APDUs:
+    /// Get metadata") for each of `references`, all in one PC/SC transaction on the side
+    /// handle (`in_transaction`: no SELECT, the PIV application stays selected), each
+    /// answer parsed by `super::metadata::parse`. Costs exactly the crate's APDUs: one per
+    /// reference, plus a GET RESPONSE per further 256 bytes of an RSA key. An answer that
+    /// does not parse is a fault of `op`, never a panic and never "not supported".
+    fn read_metadata<const N: usize>(
+        &self,
+        op: &'static str,
+        references: [u8; N],
+    ) -> Result<[MetaAnswer; N], TokenError> {
+        let answers = self
+            .in_transaction(|tx| {
+                references
+                    .iter()
+                    .map(|&r| exchange(tx, &[0x00, 0xF7, 0x00, r, 0x00]))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| match e {
+                TokenError::Pcsc(_) if !self.card_present() => TokenError::CardRemoved,
+                TokenError::Pcsc(detail) => TokenError::Card { op, detail },
+                e => e,
+            })?;
+        let parsed = references
+            .iter()
+            .zip(answers)
+            .map(|(&r, (data, sw))| match sw {
+                0x9000 => metadata::parse(r, &data)
+                    .map(MetaAnswer::Found)
+                    .map_err(|e| TokenError::Card {
+                        op,
+                        detail: format!(
+                            "the token's GET METADATA answer for {r:02X} is malformed: {e}"
+                        ),
+                    }),
+                0x6A88 => Ok(MetaAnswer::Absent),
+                0x6D00 => Ok(MetaAnswer::NotSupported),
+                sw => Err(status_error(op, sw)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        parsed.try_into().map_err(|_| TokenError::Card {
+            op,
+            detail: "fewer GET METADATA answers than references".into(),
+        })
+    }
+
     /// One command the crate cannot send, on a PC/SC handle of our own (shared, no
     /// SELECT) in one transaction (`in_transaction`); the answer's status word. A PC/SC
     /// failure is reported as a failure of `op`.
@@ -591,10 +630,10 @@ impl PivToken for YubiKeyToken {
         if !self.info.version.has_metadata() {
             return Ok(None);
         }
-        match piv::metadata(&mut self.yk, SlotId::Management(ManagementSlotId::Puk)) {
-            Ok(m) => Ok(m.retries.map(|r| r.remaining_count)),
-            Err(yubikey::Error::NotSupported) => Ok(None),
-            Err(e) => Err(self.fail("read PUK metadata", e)),
+        match self.read_metadata("read PUK metadata", [metadata::PUK])? {
+            [MetaAnswer::Found(m)] => Ok(m.retries.map(|r| r.remaining)),
+            [MetaAnswer::NotSupported] => Ok(None),
+            [MetaAnswer::Absent] => Err(status_error("read PUK metadata", 0x6A88)),
         }
     }
 
@@ -608,17 +647,19 @@ impl PivToken for YubiKeyToken {
         if !self.info.version.has_metadata() {
             return Ok(CredentialDefaults::default());
         }
-        let flag = |yk: &mut YubiKey, id| match piv::metadata(yk, SlotId::Management(id)) {
-            Ok(m) => Ok(m.default),
+        // Both in one transaction: one PC/SC connection, the same two APDUs.
+        let answers =
+            self.read_metadata("read PIN and PUK metadata", [metadata::PIN, metadata::PUK])?;
+        let [pin, puk] = answers.map(|a| match a {
+            MetaAnswer::Found(m) => Ok(m.default),
             // Only "instruction not supported" means "cannot tell" (see `slot_key`).
-            Err(yubikey::Error::NotSupported) => Ok(None),
-            Err(e) => Err(e),
-        };
-        let pin = flag(&mut self.yk, ManagementSlotId::Pin)
-            .map_err(|e| self.fail("read PIN metadata", e))?;
-        let puk = flag(&mut self.yk, ManagementSlotId::Puk)
-            .map_err(|e| self.fail("read PUK metadata", e))?;
-        Ok(CredentialDefaults { pin, puk })
+            MetaAnswer::NotSupported => Ok(None),
+            MetaAnswer::Absent => Err(status_error("read PIN and PUK metadata", 0x6A88)),
+        });
+        Ok(CredentialDefaults {
+            pin: pin?,
+            puk: puk?,
+        })
     }
 
     fn mgm_key_state(&mut self) -> Result<MgmKeyState, TokenError> {
@@ -634,24 +675,14 @@ impl PivToken for YubiKeyToken {
             Err(e) => return Err(self.fail("read ADMIN DATA", e)),
         };
         let (algorithm, default) = if self.info.version.has_metadata() {
-            match piv::metadata(
-                &mut self.yk,
-                SlotId::Management(ManagementSlotId::Management),
-            ) {
-                Ok(m) => {
-                    let alg = match m.algorithm {
-                        SlotAlgorithmId::Management(a) => Some(match a {
-                            MgmAlgorithmId::ThreeDes => MgmAlgorithm::TripleDes,
-                            MgmAlgorithmId::Aes128 => MgmAlgorithm::Aes128,
-                            MgmAlgorithmId::Aes192 => MgmAlgorithm::Aes192,
-                            MgmAlgorithmId::Aes256 => MgmAlgorithm::Aes256,
-                        }),
-                        _ => None,
-                    };
-                    (alg, m.default)
-                }
-                Err(yubikey::Error::NotSupported) => (None, None),
-                Err(e) => return Err(self.fail("read management key metadata", e)),
+            let op = "read management key metadata";
+            match self.read_metadata(op, [metadata::MANAGEMENT_KEY])? {
+                [MetaAnswer::Found(m)] => match m.algorithm {
+                    MetaAlgorithm::Management(a) => (Some(a), m.default),
+                    _ => (None, m.default),
+                },
+                [MetaAnswer::NotSupported] => (None, None),
+                [MetaAnswer::Absent] => return Err(status_error(op, 0x6A88)),
             }
         } else {
             // Before 5.3 (and before AES in 5.4) every management key is 3DES.
@@ -703,39 +734,26 @@ impl PivToken for YubiKeyToken {
         if !self.info.version.has_metadata() {
             return Err(self.unsupported("reading key metadata"));
         }
-        match piv::metadata(&mut self.yk, slot_id(slot)) {
-            Ok(m) => {
-                let algorithm = match m.algorithm {
-                    SlotAlgorithmId::Asymmetric(a) => alg_from_id(a),
-                    _ => None,
-                };
-                let Some(algorithm) = algorithm else {
+        match self.read_metadata("read key metadata", [slot.byte()])? {
+            [MetaAnswer::Found(m)] => {
+                // Key types pivault does not enroll (RSA-1024, X25519) read as "no key of
+                // ours here".
+                let MetaAlgorithm::Key(KeyType::Enrollable(algorithm)) = m.algorithm else {
                     return Ok(None);
                 };
                 Ok(Some(SlotKey {
                     algorithm,
-                    pin_policy: m.policy.map(|(p, _)| match p {
-                        yubikey::PinPolicy::Never => PinPolicy::Never,
-                        yubikey::PinPolicy::Once => PinPolicy::Once,
-                        yubikey::PinPolicy::Always => PinPolicy::Always,
-                        _ => PinPolicy::Default,
-                    }),
-                    touch_policy: m.policy.map(|(_, t)| match t {
-                        yubikey::TouchPolicy::Never => TouchPolicy::Never,
-                        yubikey::TouchPolicy::Always => TouchPolicy::Always,
-                        yubikey::TouchPolicy::Cached => TouchPolicy::Cached,
-                        _ => TouchPolicy::Default,
-                    }),
-                    generated: m.origin.map(|o| o == piv::Origin::Generated),
-                    public_key: m.public,
+                    pin_policy: m.policy.map(|(p, _)| p),
+                    touch_policy: m.policy.map(|(_, t)| t),
+                    generated: m.generated,
+                    public_key: m.public_key,
                 }))
             }
-            Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
+            [MetaAnswer::Absent] => Ok(None),
             // Firmware that has GET METADATA answers it; only "instruction not supported"
             // (a token whose version number promises more than it has) means "cannot
             // tell". An answer that does not parse is a fault, reported as one.
-            Err(yubikey::Error::NotSupported) => Err(self.unsupported("reading key metadata")),
-            Err(e) => Err(self.fail("read key metadata", e)),
+            [MetaAnswer::NotSupported] => Err(self.unsupported("reading key metadata")),
         }
     }
 
@@ -768,9 +786,9 @@ impl PivToken for YubiKeyToken {
         if !self.info.version.has_metadata() {
             return Err(self.unsupported("reading key metadata"));
         }
-        match piv::metadata(&mut self.yk, slot_id(slot)) {
-            Ok(m) => {
-                let Some(public) = m.public else {
+        match self.read_metadata("read key metadata", [slot.byte()])? {
+            [MetaAnswer::Found(m)] => {
+                let Some(public) = m.public_key else {
                     return Ok(None);
                 };
                 let spki_der = public.to_der().map_err(|e| TokenError::Card {
@@ -779,12 +797,11 @@ impl PivToken for YubiKeyToken {
                 })?;
                 Ok(Some(SlotPublicKey {
                     spki_der,
-                    generated: m.origin.map(|o| o == piv::Origin::Generated),
+                    generated: m.generated,
                 }))
             }
-            Err(yubikey::Error::NotFound | yubikey::Error::InvalidObject) => Ok(None),
-            Err(yubikey::Error::NotSupported) => Err(self.unsupported("reading key metadata")),
-            Err(e) => Err(self.fail("read key metadata", e)),
+            [MetaAnswer::Absent] => Ok(None),
+            [MetaAnswer::NotSupported] => Err(self.unsupported("reading key metadata")),
         }
     }
 
@@ -1008,16 +1025,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tlv_lookup() {
-        let data = [0x88, 0x05, 0x89, 0x03, 1, 2, 3, 0x90, 0x81, 0x01, 7];
-        let inner = find_tlv(&data, 0x88).expect("88");
-        assert_eq!(find_tlv(inner, 0x89), Some(&[1u8, 2, 3][..]));
-        assert_eq!(find_tlv(&data, 0x90), Some(&[7u8][..]));
-        assert_eq!(find_tlv(&data, 0x91), None);
-        assert_eq!(find_tlv(&[0x88, 0x05, 1], 0x88), None, "truncated value");
-    }
-
-    #[test]
     fn certificate_objects_match_the_crate_layout() {
         assert_eq!(object_id(Slot::AUTHENTICATION), 0x005f_c105);
         assert_eq!(object_id(Slot::CARD_AUTHENTICATION), 0x005f_c101);
@@ -1025,7 +1032,6 @@ mod tests {
         let o = cert_object(&[0xAA; 300]);
         assert_eq!(&o[..4], &[0x70, 0x82, 0x01, 0x2C]);
         assert_eq!(&o[o.len() - 5..], &[0x71, 0x01, 0x00, 0xFE, 0x00]);
-        assert_eq!(tlv(0x53, &[1; 200])[..3], [0x53, 0x81, 200]);
     }
 
     #[test]

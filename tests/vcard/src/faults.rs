@@ -15,6 +15,11 @@
 //!   PIV application would (SP 800-73-4 Part 2, 3.1.1), and prints `reselected apdu=N
 //!   ins=XX`: what a client sees when another PC/SC client (Debian's ykman 4 lists every
 //!   reader this way) selects the application between two of its commands.
+//! - `metadata-answer@HEX` (2 to 18 bytes: data, then the status word): every GET
+//!   METADATA (INS F7) gets this answer instead of the card's own: a broken or hostile
+//!   token (`01009000`, an algorithm tag with no value, aborted the `yubikey` crate's
+//!   parser), or a 5.3+ version number on firmware without the instruction (`6D00`). The
+//!   card's state is not touched (GET METADATA changes nothing).
 
 use std::io::Write as _;
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,6 +30,22 @@ pub enum Fault {
     PauseBefore(u64),
     PauseAfter(u64),
     ReselectAfterIns(u8),
+    /// The answer (the first `len` bytes, status word last) to every GET METADATA.
+    MetadataAnswer {
+        bytes: [u8; 18],
+        len: u8,
+    },
+}
+
+impl Fault {
+    /// The answer (data and status word) a `metadata-answer@HEX` fault puts in place of
+    /// the card's.
+    pub fn metadata_answer(&self) -> Option<&[u8]> {
+        match self {
+            Fault::MetadataAnswer { bytes, len } => bytes.get(..usize::from(*len)),
+            _ => None,
+        }
+    }
 }
 
 impl Fault {
@@ -32,10 +53,23 @@ impl Fault {
         let usage = || {
             format!(
                 "{s:?}: expected vanish@N, pause-before@N or pause-after@N (N ≥ 1), \
-                 or reselect-after-ins@XX (XX hex)"
+                 reselect-after-ins@XX (XX hex) or metadata-answer@HEX (2 to 18 bytes)"
             )
         };
         let (kind, n) = s.split_once('@').ok_or_else(usage)?;
+        if kind == "metadata-answer" {
+            let data = hex::decode(n).map_err(|_| usage())?;
+            if data.len() < 2 {
+                return Err(usage());
+            }
+            let mut bytes = [0u8; 18];
+            bytes
+                .get_mut(..data.len())
+                .ok_or_else(usage)?
+                .copy_from_slice(&data);
+            let len = u8::try_from(data.len()).map_err(|_| usage())?;
+            return Ok(Fault::MetadataAnswer { bytes, len });
+        }
         if kind == "reselect-after-ins" {
             return u8::from_str_radix(n, 16)
                 .map(Fault::ReselectAfterIns)
@@ -93,6 +127,11 @@ mod tests {
             Ok(Fault::ReselectAfterIns(0x47))
         );
         assert!(Fault::parse("reselect-after-ins@zz").is_err());
+        let f = Fault::parse("metadata-answer@01009000").expect("parses");
+        assert_eq!(f.metadata_answer(), Some(&[1u8, 0, 0x90, 0][..]));
+        assert!(Fault::parse("metadata-answer@6D").is_err());
+        assert!(Fault::parse("metadata-answer@00112233445566778899aabbccddeeff9000").is_ok());
+        assert!(Fault::parse("metadata-answer@00112233445566778899aabbccddeeff009000").is_err());
         assert!(Fault::parse("vanish@0").is_err());
         assert!(Fault::parse("explode@1").is_err());
     }

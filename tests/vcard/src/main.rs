@@ -107,8 +107,8 @@ struct Args {
     /// management applet's device info says so).
     #[arg(long)]
     pin_complexity: bool,
-    /// Crash-test hook: vanish@N, pause-before@N, pause-after@N, reselect-after-ins@XX
-    /// (faults.rs).
+    /// Crash-test hook: vanish@N, pause-before@N, pause-after@N, reselect-after-ins@XX,
+    /// metadata-answer@HEX (faults.rs).
     #[arg(long, value_parser = Fault::parse)]
     fault: Option<Fault>,
     /// Test attestation CA (PEM with keys, from a previous --export or attest.rs) to sign
