@@ -451,3 +451,54 @@ fn station_rekey_refused_after_generation_keeps_the_old_key_on_5_7() {
         );
     }
 }
+
+/// `--no-attestation` saves the ATTEST per key (a quarter second on a YubiKey 5): the card
+/// is never asked (its ATTEST counter stays put), the CSR Vault received carries no
+/// attestation extension, the slot is enrolled. Together with any attestation policy it
+/// is refused before anything: exit 2, no key generated, nothing sent to Vault.
+#[test]
+fn no_attestation_skips_attest_and_refuses_a_policy() {
+    let vault = audited_vault();
+    let card = card("5.7.4");
+    let mut env = vault.pivault_env();
+    env.push(("PIVAULT_PIN".into(), PIN.into()));
+    let slot = ["--slot", "9a", "--cn", "Jane", "--yes", "--no-attestation"];
+
+    let (_, before) = card.apdu_counts();
+    let mut c = run::enroll_cmd(&card, &env, &slot);
+    c.arg("--require-attestation");
+    let o = run::run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--no-attestation"), "{}", text(&o));
+    let (_, after) = card.apdu_counts();
+    assert_eq!(after.get(&0x47), before.get(&0x47), "a key was generated");
+    assert!(signs(&vault).is_empty(), "a sign request reached Vault");
+
+    let o = ok(run::enroll_cmd(&card, &env, &slot));
+    let (_, done) = card.apdu_counts();
+    assert_eq!(
+        done.get(&0xF9),
+        before.get(&0xF9),
+        "the card was asked to attest: {}",
+        text(&o)
+    );
+    assert_eq!(
+        done.get(&0x47).copied().unwrap_or(0),
+        before.get(&0x47).copied().unwrap_or(0) + 1
+    );
+    let events = signs(&vault);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let der = pem_der(&events[0].csr_hmac);
+    let csr = x509_cert::request::CertReq::from_der(&der).expect("CSR");
+    let yubico_arc = const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482")
+        .to_der()
+        .expect("oid");
+    // The Yubico arc's content bytes appear nowhere in the request.
+    let arc = &yubico_arc[2..];
+    assert!(
+        !der.windows(arc.len()).any(|w| w == arc),
+        "the CSR carries a Yubico extension"
+    );
+    assert!(csr.info.attributes.len() <= 1);
+    assert!(!run::piv_tool_read_cert(&card.reader, "9a").is_empty());
+}

@@ -69,8 +69,17 @@ fn attest_setup(a: &EnrollArgs) -> Result<(AttestSetup, bool), Error> {
     };
     let f = &a.attestation;
     let roots = f.attestation_roots.clone().or(prof.attestation_roots);
-    let mut s = AttestSetup::load(roots.as_deref(), f.over(prof.attestation))?;
+    let policy = f.over(prof.attestation);
+    if f.no_attestation && policy != pivault::attestation::AttestationPolicy::default() {
+        return Err(Error::Usage(
+            "--no-attestation cannot go with an attestation policy (flags or the profile's \
+             [attestation]): the policy is checked on the attestation"
+                .into(),
+        ));
+    }
+    let mut s = AttestSetup::load(roots.as_deref(), policy)?;
     s.csr_legacy_oid = f.csr_attestation_legacy_oid;
+    s.skip = f.no_attestation;
     Ok((s, f.strict_usage || prof.strict_usage))
 }
 
