@@ -47,7 +47,13 @@ impl Preflight {
         I: Issuer + Send + Sync + ?Sized + 'static,
     {
         let (tx, rx) = std::sync::mpsc::channel();
-        let asked: Vec<Role> = roles.to_vec();
+        // One request per role, however many slots share it.
+        let mut asked: Vec<Role> = Vec::new();
+        for r in roles {
+            if !asked.contains(r) {
+                asked.push(*r);
+            }
+        }
         std::thread::spawn(move || {
             let _ = tx.send(ask_all(&*issuer, &asked));
         });

@@ -123,6 +123,10 @@ fn enroll_apdus_by_instruction_at_the_floor() {
         one - attest(&one_ins) <= 15,
         "{one} APDUs for 1 slot: {one_ins:?}"
     );
+    // Vault (audit log): the login, one pre-flight per distinct role (9c and 9d share the
+    // S/MIME role), one sign per slot: 1 + 1 + 1 and 1 + 3 + 4.
+    assert_eq!(one_reqs.len(), 3, "{one_reqs:?}");
+    assert_eq!(four_reqs.len(), 8, "{four_reqs:?}");
 }
 
 /// A station profile for one token and four P-256 slots (the contract's default roles).
