@@ -513,6 +513,9 @@ impl SlotPolicy for Generate<'_> {
     fn certified_word(&self) -> crate::report::SlotResult {
         crate::report::SlotResult::Enrolled
     }
+    fn overlap(&self) -> bool {
+        true
+    }
 }
 
 /// Enroll every slot of the plan on an already opened token.

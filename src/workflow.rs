@@ -48,6 +48,14 @@ pub trait SlotPolicy: Observer {
     }
     /// The report's word for a slot certified in this run (enrolled, renewed).
     fn certified_word(&self) -> SlotResult;
+    /// Whether the card may work on the next slot while Vault signs this one. Off for
+    /// journaled runs (station, renew): their journal records a sign's answer when the
+    /// slot lands, so a crash during the next slot's card work would leave an answer that
+    /// had arrived unrecorded, the slot "in doubt" (the fault matrix showed it). `enroll`
+    /// keeps no journal and overlaps.
+    fn overlap(&self) -> bool {
+        false
+    }
     /// A slot is done (kept, re-imported or certified): clean up journals, record it.
     fn finished(&mut self, _sp: &SlotPlan, _a: &Accepted) -> Result<(), Error> {
         Ok(())
@@ -268,7 +276,7 @@ impl Run<'_, '_, '_> {
 ///
 /// While Vault signs one slot's request, the card makes the next slot's key and CSR
 /// (issue 13: a production Vault answers in tens of milliseconds, a key takes the card
-/// as long). The rules that keep this safe: one request out at a time; a slot's
+/// as long), when the policy allows it ([`SlotPolicy::overlap`]). The rules that keep this safe: one request out at a time; a slot's
 /// certificate is verified and imported before the next request is sent; a key that
 /// would replace the slot's key in place waits for the answer (a refusal then stops the
 /// run before it); a run stopped by a slot's answer deletes the next slot's staged key.
@@ -294,6 +302,13 @@ pub fn run_token(
     std::thread::scope(|s| {
         let mut flight: Option<InFlight<'_, '_>> = None;
         for (index, sp) in slots.iter().enumerate() {
+            // Without overlap the previous slot lands before any card work on this one:
+            // no APDU goes to the card while a request is out.
+            if !run.policy.overlap() {
+                if let Some(f) = flight.take() {
+                    run.land(f);
+                }
+            }
             if run.fatal.is_some() {
                 break;
             }

@@ -295,7 +295,6 @@ impl Observer for StationSlots<'_, '_> {
         self.journal.requested.remove(&slot);
         self.save()?;
         // The journal has it; the record follows at the end of the token if this fails.
-        // The journal has it; the record follows at the end of the token if this fails.
         // This write is the certificate's copy off the station: with the journal lost or
         // damaged before the token's final record, it is what keeps the slot from being
         // issued twice (BENCHMARKS.md, Vault floor: the four writes that stand above it).
