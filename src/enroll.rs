@@ -269,6 +269,16 @@ impl KeyChoice {
         )
     }
 
+    /// Where this key for `slot` is (or is made), and whether the run can take it back.
+    fn place(&self, slot: Slot) -> KeyPlace {
+        let (at, undo) = match self {
+            KeyChoice::Existing(_) | KeyChoice::Generate => (slot, false),
+            KeyChoice::Fresh { deletable } => (slot, *deletable),
+            KeyChoice::Staged(via) => (*via, true),
+        };
+        KeyPlace { slot, at, undo }
+    }
+
     /// Whether making this key ready destroys a key (generation in place over what the
     /// slot held). Anything else may go ahead while the previous slot's sign is out.
     pub fn destroys(&self) -> bool {
@@ -297,34 +307,10 @@ pub fn prepare_slot(
         ctx.preflight.settle()?;
     }
     // Where the new key is made: the slot itself, or a free retired slot to move it from.
-    let (place, key, attested) = match key {
-        KeyChoice::Existing(k) => (
-            KeyPlace {
-                slot: sp.slot,
-                at: sp.slot,
-                undo: false,
-            },
-            k,
-            None,
-        ),
+    let place = key.place(sp.slot);
+    let (key, attested) = match key {
+        KeyChoice::Existing(k) => (k, None),
         KeyChoice::Generate | KeyChoice::Fresh { .. } | KeyChoice::Staged(_) => {
-            let place = match key {
-                KeyChoice::Staged(via) => KeyPlace {
-                    slot: sp.slot,
-                    at: via,
-                    undo: true,
-                },
-                KeyChoice::Fresh { deletable } => KeyPlace {
-                    slot: sp.slot,
-                    at: sp.slot,
-                    undo: deletable,
-                },
-                _ => KeyPlace {
-                    slot: sp.slot,
-                    at: sp.slot,
-                    undo: false,
-                },
-            };
             let at = place.at;
             step(token, obs, sp.slot, Step::Generating(sp.algorithm));
             // DESTRUCTIVE: replaces the private key in `at` (a free slot when staged).
@@ -355,7 +341,7 @@ pub fn prepare_slot(
             if let Some(a) = &att {
                 obs.attested(sp.slot, a)?;
             }
-            (place, k, att)
+            (k, att)
         }
     };
     let at = place.at;

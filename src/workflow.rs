@@ -233,14 +233,17 @@ impl Run<'_, '_, '_> {
         enroll::before_request(self.token, self.ctx, sp, p, &mut rec)
     }
 
-    /// Vault answered a slot's request: verify and import.
-    fn land(&mut self, f: InFlight<'_, '_>) {
-        let InFlight {
+    /// Vault answered a slot's request (if one is out): verify and import.
+    fn land(&mut self, f: Option<InFlight<'_, '_>>) {
+        let Some(InFlight {
             index,
             sp,
             mut notes,
             answer,
-        } = f;
+        }) = f
+        else {
+            return;
+        };
         // A panic (only in test builds: release builds abort) goes on in this thread.
         let (p, answer) = answer
             .join()
@@ -305,9 +308,7 @@ pub fn run_token(
             // Without overlap the previous slot lands before any card work on this one:
             // no APDU goes to the card while a request is out.
             if !run.policy.overlap() {
-                if let Some(f) = flight.take() {
-                    run.land(f);
-                }
+                run.land(flight.take());
             }
             if run.fatal.is_some() {
                 break;
@@ -338,9 +339,7 @@ pub fn run_token(
                 SlotAction::Certify(choice) => choice,
             };
             if choice.destroys() {
-                if let Some(f) = flight.take() {
-                    run.land(f);
-                }
+                run.land(flight.take());
                 if run.fatal.is_some() {
                     break;
                 }
@@ -348,9 +347,7 @@ pub fn run_token(
             let mut notes = Notes::default();
             let prepared = run.prepare(sp, choice, &mut notes);
             // The previous slot is finished before this one's request goes out.
-            if let Some(f) = flight.take() {
-                run.land(f);
-            }
+            run.land(flight.take());
             let p = match prepared {
                 Ok(p) => p,
                 Err(e) => {
@@ -384,9 +381,7 @@ pub fn run_token(
                 }),
             });
         }
-        if let Some(f) = flight.take() {
-            run.land(f);
-        }
+        run.land(flight.take());
     });
     let Run {
         mut reports, fatal, ..

@@ -38,13 +38,7 @@ impl Preflight {
         I: Issuer + Send + Sync + ?Sized + 'static,
     {
         let (tx, rx) = std::sync::mpsc::channel();
-        // One request per role, however many slots share it.
-        let mut asked: Vec<Role> = Vec::new();
-        for r in roles {
-            if !asked.contains(r) {
-                asked.push(*r);
-            }
-        }
+        let asked = roles.to_vec();
         std::thread::spawn(move || {
             let _ = tx.send(ask_all(&*issuer, &asked));
         });
@@ -104,10 +98,7 @@ impl Preflight {
         let done = self.done.lock().map(|d| d.clone()).unwrap_or_default();
         let mut missing: Vec<Role> = Vec::new();
         for role in roles {
-            if !done.contains(role.name())
-                && !travelling.contains(role.name())
-                && !missing.contains(&role)
-            {
+            if !done.contains(role.name()) && !travelling.contains(role.name()) {
                 missing.push(role);
             }
         }
@@ -122,10 +113,17 @@ impl Preflight {
     }
 }
 
-/// One pre-flight request per role, sent together (they are independent and read-only):
-/// one round trip instead of one per role. The first error in the roles' order is the
-/// one reported.
+/// One pre-flight request per distinct role (however many slots share it), sent together
+/// (they are independent and read-only): one round trip instead of one per role. The first
+/// error in the roles' order is the one reported.
 fn ask_all<I: Issuer + Sync + ?Sized>(issuer: &I, roles: &[Role]) -> Result<(), Error> {
+    let mut distinct: Vec<Role> = Vec::with_capacity(roles.len());
+    for r in roles {
+        if !distinct.contains(r) {
+            distinct.push(*r);
+        }
+    }
+    let roles = distinct.as_slice();
     if let [role] = roles {
         return issuer.preflight(*role);
     }
