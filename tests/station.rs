@@ -7,31 +7,13 @@ use common::card::Card;
 use common::run::{self, pivault, text};
 use common::vault::Vault;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    profile: PathBuf,
-    report: PathBuf,
-    journal: PathBuf,
-}
-
-fn setup(serials: &[u32]) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let profile = run::station_profile(dir.path(), serials, &["9a", "9d"]);
-    Setup {
-        report: dir.path().join("report.jsonl"),
-        journal: dir.path().join("journal"),
-        profile,
-        _dir: dir,
-    }
-}
 
 /// The station command, watching only `readers` (other tests run cards too).
 fn station_cmd(
     vault: &Vault,
-    s: &Setup,
+    s: &run::StationFiles,
     readers: &[&str],
     extra: &[&str],
 ) -> std::process::Command {
@@ -51,7 +33,7 @@ fn station_cmd(
 /// Run the station to its end on the readers of `cards`.
 fn station(
     vault: &Vault,
-    s: &Setup,
+    s: &run::StationFiles,
     cards: &[&Card],
     extra: &[&str],
     env: &[(&str, &str)],
@@ -115,7 +97,7 @@ fn two_tokens_enrolled_concurrently_with_escrowed_credentials() {
     let vault = Vault::start();
     let a = Card::start();
     let b = Card::start();
-    let s = setup(&[a.serial, b.serial]);
+    let s = run::station_files(&[a.serial, b.serial]);
     let o = station(
         &vault,
         &s,
@@ -175,7 +157,7 @@ fn killed_at_each_step_boundary_then_resumed() {
     let vault = Vault::start();
     for step in ["escrow", "generate", "sign", "import"] {
         let card = Card::start();
-        let s = setup(&[card.serial]);
+        let s = run::station_files(&[card.serial]);
         let before = vault.issued_cert_count();
         let o = station(
             &vault,
@@ -214,7 +196,7 @@ fn killed_at_each_step_boundary_then_resumed() {
 fn unknown_serial_is_refused_and_untouched() {
     let vault = Vault::start();
     let card = Card::start();
-    let s = setup(&[1]);
+    let s = run::station_files(&[1]);
     let o = station(
         &vault,
         &s,
@@ -234,7 +216,7 @@ fn pulled_token_resumes_when_reinserted() {
     use std::io::{BufRead, BufReader};
     let vault = Vault::start();
     let mut card = Card::start();
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let mut c = station_cmd(
         &vault,
         &s,
@@ -273,7 +255,7 @@ fn sealed_vault_makes_a_token_wait_and_recover() {
     // The card's reader is known up front; the token arrives while Vault is sealed.
     let mut card = Card::start();
     card.remove();
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let mut c = station_cmd(
         &vault,
         &s,
@@ -310,7 +292,7 @@ fn aes256_on_firmware_5_4_and_renewal_with_only_the_pin() {
         version: Some("5.4.3".into()),
         ..Default::default()
     });
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let o = station(
         &vault,
         &s,
@@ -360,7 +342,7 @@ fn aes256_on_firmware_5_4_and_renewal_with_only_the_pin() {
 }
 
 /// `pivault renew` with only the PIN (the station keeps the management key PIN-protected).
-fn renew_with_pin(vault: &Vault, s: &Setup, card: &Card, slot: &str) -> Output {
+fn renew_with_pin(vault: &Vault, s: &run::StationFiles, card: &Card, slot: &str) -> Output {
     let rec = escrow(vault, card.serial);
     let pin = rec["live"]["pin"].as_str().expect("pin").to_string();
     let mut env = run::anchored_env(vault);
@@ -384,7 +366,7 @@ fn renew_with_pin(vault: &Vault, s: &Setup, card: &Card, slot: &str) -> Output {
 fn a_renewed_token_is_not_rekeyed_by_the_station() {
     let vault = Vault::start();
     let card = Card::start();
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let o = station(
         &vault,
         &s,
@@ -428,7 +410,7 @@ fn a_renewed_token_is_not_rekeyed_by_the_station() {
 fn a_sign_whose_answer_was_lost_is_in_doubt_and_never_repeated() {
     let vault = Vault::start();
     let card = Card::start();
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let o = station(
         &vault,
         &s,
@@ -479,7 +461,7 @@ fn a_default_key_token_with_a_user_pin_is_refused_without_spending_a_try() {
         "48291573",
     ]);
     run::ok(c);
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let o = station(
         &vault,
         &s,
@@ -517,7 +499,7 @@ fn a_default_key_token_with_a_user_pin_is_refused_without_spending_a_try() {
 fn a_journaled_certificate_that_fails_verification_does_not_block_the_token() {
     let vault = Vault::start();
     let card = Card::start();
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let o = station(
         &vault,
         &s,
@@ -557,7 +539,7 @@ fn an_insertion_into_a_busy_reader_is_worked_on_after_the_worker() {
     let vault = Vault::start();
     let mut card = Card::start();
     card.remove();
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let mut c = station_cmd(
         &vault,
         &s,
@@ -621,7 +603,7 @@ fn an_insertion_into_a_busy_reader_is_worked_on_after_the_worker() {
 fn a_token_held_by_another_client_for_a_moment_is_opened_once_free() {
     let vault = Vault::start();
     let card = Card::start();
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     // Hold the card exclusively before the station sees it, release after 2 s.
     let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("pcsc");
     let name = std::ffi::CString::new(card.reader.clone()).expect("reader name");

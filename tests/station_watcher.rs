@@ -16,34 +16,16 @@ use common::run::{self, pivault};
 use common::vault::{Vault, VaultOptions};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
-
-struct Setup {
-    dir: tempfile::TempDir,
-    profile: PathBuf,
-    report: PathBuf,
-    journal: PathBuf,
-}
-
-fn setup(serials: &[u32]) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let profile = run::station_profile(dir.path(), serials, &["9a", "9d"]);
-    Setup {
-        report: dir.path().join("report.jsonl"),
-        journal: dir.path().join("journal"),
-        profile,
-        dir,
-    }
-}
 
 /// The station against the private pcscd, watching `readers`, with -v (progress on
 /// stderr) and --json (report lines on stdout too).
 fn station_cmd(
     vault: &Vault,
-    s: &Setup,
+    s: &run::StationFiles,
     pcscd: &PrivatePcscd,
     readers: &[&str],
     extra: &[&str],
@@ -199,7 +181,7 @@ fn a_watcher_error_still_reports_the_token_in_flight() {
     let mut pcscd = PrivatePcscd::start();
     let mut b = pcscd.card(1, CardOptions::default());
     let a_serial = private_serial();
-    let s = setup(&[a_serial, b.serial]);
+    let s = run::station_files(&[a_serial, b.serial]);
     let readers = [pcscd.readers[0].as_str(), pcscd.readers[1].as_str()];
     let extra = [
         "--max-tokens",
@@ -340,7 +322,7 @@ fn the_station_keeps_watching_when_pcscd_restarts() {
     });
     let mut pcscd = PrivatePcscd::start();
     let mut card = pcscd.card(0, CardOptions::default());
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let (child, rx) = spawn_lines(station_cmd(
         &vault,
         &s,
@@ -412,7 +394,7 @@ fn a_run_ending_while_pcscd_is_away_is_no_success() {
     let vault = Vault::start();
     let mut pcscd = PrivatePcscd::start();
     let card = pcscd.card(0, CardOptions::default());
-    let s = setup(&[card.serial]);
+    let s = run::station_files(&[card.serial]);
     let (child, rx) = spawn_lines(station_cmd(
         &vault,
         &s,

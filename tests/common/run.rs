@@ -366,3 +366,23 @@ pub fn station_profile(dir: &Path, serials: &[u32], slots: &[&str]) -> std::path
     .expect("profile");
     profile
 }
+
+/// A station run's files in a temporary directory: the profile for `serials` (slots 9a and
+/// 9d, see [`station_profile`]), the report and the journal directory.
+pub struct StationFiles {
+    pub dir: tempfile::TempDir,
+    pub profile: std::path::PathBuf,
+    pub report: std::path::PathBuf,
+    pub journal: std::path::PathBuf,
+}
+
+pub fn station_files(serials: &[u32]) -> StationFiles {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = station_profile(dir.path(), serials, &["9a", "9d"]);
+    StationFiles {
+        report: dir.path().join("report.jsonl"),
+        journal: dir.path().join("journal"),
+        profile,
+        dir,
+    }
+}
